@@ -1,0 +1,21 @@
+"""Shared pytest fixtures: the path to ../shared/fixtures and deterministic CPU settings."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("MVBOOST_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """``../shared/fixtures`` (override with MVBOOST_FIXTURES); skips with a clear message if absent."""
+    if not FIXTURES.is_dir():
+        pytest.skip(f"parity fixtures not found at {FIXTURES} (set MVBOOST_FIXTURES); CI always has them")
+    return FIXTURES
