@@ -1,0 +1,912 @@
+"""ComfyUI contract harness: load this repository the way ComfyUI does and run API-format workflows.
+
+Nothing from ComfyUI is imported or vendored. Minimal stand-ins (written from ComfyUI v0.3.64's documented
+behaviour: ``folder_paths.py``, ``comfy/utils.py``, ``comfy/model_management.py``, ``nodes.py``) are put into
+``sys.modules`` for the duration of one test, all rooted in that test's ``tmp_path``:
+
+* ``folder_paths``: ``models_dir``, ``folder_names_and_paths``, ``add_model_folder_path``, ``get_folder_paths``,
+  ``get_filename_list``, ``get_full_path`` (files only, ``..`` stripped), ``get_full_path_or_raise``,
+  ``get_input/output/temp_directory``, ``get_annotated_filepath`` (``"x.png [output]"``),
+  ``exists_annotated_filepath``, ``filter_files_content_types``, ``get_save_image_path`` (same counter rules and the
+  same "Saving image outside the output folder is not allowed." exception);
+* ``comfy.utils.ProgressBar`` with a global hook that, like ComfyUI's server hook, records every update and calls
+  ``throw_exception_if_processing_interrupted`` (so each update is an interruption point);
+* ``comfy.model_management``: ``get_torch_device`` (cpu), ``intermediate_device``, ``unet_offload_device``,
+  ``soft_empty_cache``, ``processing_interrupted``, ``interrupt_current_processing``,
+  ``throw_exception_if_processing_interrupted``, ``InterruptProcessingException``;
+* core nodes used by example workflows: ``LoadImage`` (IMAGE + MASK = 1 - alpha, like core), ``PreviewImage``,
+  ``SaveImage``, ``InvertMask``.
+
+How to use it from a test (fixtures must be imported into the test module; conftest.py stays untouched)::
+
+    from comfy_harness import comfy_env  # noqa: F401  (pytest fixture)
+
+    def test_my_workflow(comfy_env):
+        (comfy_env.models_dir / "lgm").mkdir(parents=True, exist_ok=True)
+        write_tiny_lgm(comfy_env.models_dir / "lgm" / "tiny.safetensors")      # your own helper
+        (comfy_env.models_dir / "era3d" / "tiny_era3d").mkdir(parents=True)     # a diffusers folder
+        shutil.copy(some_png, comfy_env.input_dir / "cat.png")
+        res = comfy_env.run_workflow("workflows/api/image_to_gaussians.json",
+                                     overrides={"3": {"model_name": "tiny.safetensors"}})
+        gaussians = res.output("5", 0)        # first output of node "5"
+        assert res.ui["7"]["images"]          # OUTPUT_NODE ui dicts, merged per key
+        assert (comfy_env.output_dir / res.output("7", 0)).exists()
+
+``comfy_env`` attributes: ``nodes`` (the pack's NODE_CLASS_MAPPINGS), ``display_names``, ``all_nodes`` (pack +
+core stand-ins), ``package`` (the extension module, loaded under a path-derived name like ComfyUI does),
+``core`` (that package's own ``mvboost_core``: use ``comfy_env.core.gaussians.Gaussians`` etc. when building
+objects for nodes, it is a different module object than a top-level ``import mvboost_core``), ``base_dir``,
+``models_dir``, ``input_dir``, ``output_dir``, ``temp_dir``, ``progress`` (list of ``(value, total)`` updates),
+``interrupt()`` (make the next interruption check raise ``env.InterruptProcessingException``),
+``run_workflow(path_or_dict, overrides=None)``, ``run_node(class_type, **inputs)`` and ``validate_node(node_id)``.
+
+``run_workflow`` validates like ComfyUI before running (unknown class, missing required input, link type
+mismatch, combo value not in list, INT/FLOAT outside min/max, ``VALIDATE_INPUTS``, no output node) and raises
+``WorkflowError`` listing every problem; then it executes the output nodes and their ancestors in dependency order,
+calls ``FUNCTION`` with the (coerced) widget values, hidden inputs and linked outputs, checks the output arity
+against ``RETURN_TYPES`` and that no node mutated a tensor it received (``Tensor._version``). List semantics
+(``INPUT_IS_LIST`` / ``OUTPUT_IS_LIST``) follow ComfyUI's map-over-list rule.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import inspect
+import json
+import mimetypes
+import os
+import sys
+import threading
+import time
+import types
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Types produced/consumed by ComfyUI core that our nodes may use (everything else must be a MVBOOST_* type).
+CORE_TYPES = {
+    "IMAGE", "MASK", "STRING", "INT", "FLOAT", "BOOLEAN", "COMBO", "*",
+    # ComfyUI 2026 native splat stack (issue 7 interop)
+    "SPLAT", "GAUSSIAN", "FILE_3D", "FILE_3D_PLY", "FILE_3D_SPLAT", "FILE_3D_SPZ", "FILE_3D_KSPLAT",
+    "FILE_3D_SPLAT_ANY", "FILE_3D_ANY", "LOAD3D_CAMERA",
+}
+MVBOOST_TYPES = {"MVBOOST_ERA3D", "MVBOOST_LGM", "MVBOOST_MULTIVIEW", "MVBOOST_GAUSSIANS", "MVBOOST_CAMERAS"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+FRONTEND_ONLY_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+
+
+class WorkflowError(Exception):
+    """A workflow failed ComfyUI-style validation; ``.errors`` lists every problem."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = errors
+        super().__init__("workflow validation failed:\n  " + "\n  ".join(errors))
+
+
+# ============================================================================ ComfyUI stand-ins
+class InterruptProcessingException(Exception):
+    """Stand-in for comfy.model_management.InterruptProcessingException."""
+
+
+def _make_model_management() -> types.ModuleType:
+    import torch
+
+    mm = types.ModuleType("comfy.model_management")
+    mm.InterruptProcessingException = InterruptProcessingException
+    mm.interrupt_processing_mutex = threading.RLock()
+    mm.interrupt_processing = False
+    mm.OOM_EXCEPTION = torch.cuda.OutOfMemoryError if hasattr(torch.cuda, "OutOfMemoryError") else MemoryError
+
+    def interrupt_current_processing(value=True):
+        with mm.interrupt_processing_mutex:
+            mm.interrupt_processing = value
+
+    def processing_interrupted():
+        with mm.interrupt_processing_mutex:
+            return mm.interrupt_processing
+
+    def throw_exception_if_processing_interrupted():
+        with mm.interrupt_processing_mutex:
+            if mm.interrupt_processing:
+                mm.interrupt_processing = False
+                raise InterruptProcessingException()
+
+    mm.interrupt_current_processing = interrupt_current_processing
+    mm.processing_interrupted = processing_interrupted
+    mm.throw_exception_if_processing_interrupted = throw_exception_if_processing_interrupted
+    mm.get_torch_device = lambda: torch.device("cpu")
+    mm.intermediate_device = lambda: torch.device("cpu")
+    mm.unet_offload_device = lambda: torch.device("cpu")
+    mm.vae_device = lambda: torch.device("cpu")
+    mm.text_encoder_device = lambda: torch.device("cpu")
+    mm.soft_empty_cache = lambda force=False: None
+    mm.unload_all_models = lambda: None
+    mm.free_memory = lambda memory_required, device, keep_loaded=[]: None
+    mm.module_size = lambda module: sum(p.numel() * p.element_size() for p in module.parameters())
+    mm.should_use_fp16 = lambda device=None, model_params=0, prioritize_performance=True, manual_cast=False: False
+    mm.should_use_bf16 = lambda device=None, model_params=0, prioritize_performance=True, manual_cast=False: False
+    mm.get_free_memory = lambda dev=None, torch_free_too=False: 8 * 1024**3
+    return mm
+
+
+def _make_comfy_utils(progress_log: list, mm: types.ModuleType) -> types.ModuleType:
+    cu = types.ModuleType("comfy.utils")
+    cu.PROGRESS_BAR_ENABLED = True
+
+    def hook(value, total, preview, node_id=None):
+        # like main.hijack_progress: every update is an interruption point
+        mm.throw_exception_if_processing_interrupted()
+        progress_log.append((value, total))
+
+    cu.PROGRESS_BAR_HOOK = hook
+
+    def set_progress_bar_global_hook(function):
+        cu.PROGRESS_BAR_HOOK = function
+
+    class ProgressBar:
+        def __init__(self, total, node_id=None):
+            self.total = total
+            self.current = 0
+            self.hook = cu.PROGRESS_BAR_HOOK
+            self.node_id = node_id
+
+        def update_absolute(self, value, total=None, preview=None):
+            if total is not None:
+                self.total = total
+            if value > self.total:
+                value = self.total
+            self.current = value
+            if self.hook is not None:
+                self.hook(self.current, self.total, preview, node_id=self.node_id)
+
+        def update(self, value):
+            self.update_absolute(self.current + value)
+
+    def load_torch_file(ckpt, safe_load=False, device=None, return_metadata=False):
+        import torch
+
+        if str(ckpt).lower().endswith((".safetensors", ".sft")):
+            import safetensors.torch
+
+            sd = safetensors.torch.load_file(str(ckpt), device=str(device or "cpu"))
+            if return_metadata:
+                from safetensors import safe_open
+
+                with safe_open(str(ckpt), framework="pt") as f:
+                    return sd, f.metadata()
+            return sd
+        sd = torch.load(ckpt, map_location=device or "cpu", weights_only=True)
+        return (sd, None) if return_metadata else sd
+
+    cu.set_progress_bar_global_hook = set_progress_bar_global_hook
+    cu.ProgressBar = ProgressBar
+    cu.load_torch_file = load_torch_file
+    return cu
+
+
+def _make_folder_paths(base: Path) -> types.ModuleType:
+    fp = types.ModuleType("folder_paths")
+    fp.base_path = str(base)
+    fp.models_dir = str(base / "models")
+    fp.supported_pt_extensions = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
+    fp.folder_names_and_paths = {
+        "checkpoints": ([os.path.join(fp.models_dir, "checkpoints")], set(fp.supported_pt_extensions)),
+        "loras": ([os.path.join(fp.models_dir, "loras")], set(fp.supported_pt_extensions)),
+        "diffusers": ([os.path.join(fp.models_dir, "diffusers")], ["folder"]),
+        "custom_nodes": ([os.path.join(str(base), "custom_nodes")], set()),
+    }
+    fp.output_directory = str(base / "output")
+    fp.input_directory = str(base / "input")
+    fp.temp_directory = str(base / "temp")
+    for d in (fp.output_directory, fp.input_directory, fp.temp_directory):
+        os.makedirs(d, exist_ok=True)
+
+    def map_legacy(name):
+        return {"unet": "diffusion_models", "clip": "text_encoders"}.get(name, name)
+
+    def get_output_directory():
+        return fp.output_directory
+
+    def get_input_directory():
+        return fp.input_directory
+
+    def get_temp_directory():
+        return fp.temp_directory
+
+    def get_directory_by_type(type_name):
+        return {"output": fp.output_directory, "temp": fp.temp_directory, "input": fp.input_directory}.get(type_name)
+
+    def annotated_filepath(name):
+        for tag, d in (("[output]", fp.output_directory), ("[input]", fp.input_directory),
+                       ("[temp]", fp.temp_directory)):
+            if name.endswith(tag):
+                return name[: -(len(tag) + 1)], d
+        return name, None
+
+    def get_annotated_filepath(name, default_dir=None):
+        name, base_dir = annotated_filepath(name)
+        if base_dir is None:
+            base_dir = default_dir if default_dir is not None else fp.input_directory
+        return os.path.join(base_dir, name)
+
+    def exists_annotated_filepath(name):
+        name, base_dir = annotated_filepath(name)
+        return os.path.exists(os.path.join(base_dir or fp.input_directory, name))
+
+    def filter_files_content_types(files, content_types):
+        out = []
+        for f in files:
+            mime, _ = mimetypes.guess_type(f, strict=False)
+            ext = f.split(".")[-1].lower()
+            kind = "image" if ext == "webp" else "model" if ext == "fbx" else (mime.split("/")[0] if mime else None)
+            if kind in content_types:
+                out.append(f)
+        return out
+
+    def add_model_folder_path(folder_name, full_folder_path, is_default=False):
+        folder_name = map_legacy(folder_name)
+        if folder_name in fp.folder_names_and_paths:
+            paths, _ = fp.folder_names_and_paths[folder_name]
+            if full_folder_path in paths:
+                if is_default and paths[0] != full_folder_path:
+                    paths.remove(full_folder_path)
+                    paths.insert(0, full_folder_path)
+            elif is_default:
+                paths.insert(0, full_folder_path)
+            else:
+                paths.append(full_folder_path)
+        else:
+            fp.folder_names_and_paths[folder_name] = ([full_folder_path], set())
+
+    def get_folder_paths(folder_name):
+        return fp.folder_names_and_paths[map_legacy(folder_name)][0][:]  # KeyError like ComfyUI
+
+    def get_filename_list(folder_name):
+        paths, exts = fp.folder_names_and_paths[map_legacy(folder_name)]  # KeyError like ComfyUI
+        out = set()
+        for root in paths:
+            if not os.path.isdir(root):
+                continue
+            for dirpath, subdirs, files in os.walk(root, followlinks=True):
+                subdirs[:] = [d for d in subdirs if d != ".git"]
+                for f in files:
+                    rel = os.path.relpath(os.path.join(dirpath, f), root)
+                    if len(exts) == 0 or os.path.splitext(rel)[-1].lower() in exts:
+                        out.add(rel)
+        return sorted(out)
+
+    def get_full_path(folder_name, filename):
+        folder_name = map_legacy(folder_name)
+        if folder_name not in fp.folder_names_and_paths:
+            return None
+        filename = os.path.relpath(os.path.join("/", filename), "/")
+        for root in fp.folder_names_and_paths[folder_name][0]:
+            full = os.path.join(root, filename)
+            if os.path.isfile(full):
+                return full
+        return None
+
+    def get_full_path_or_raise(folder_name, filename):
+        p = get_full_path(folder_name, filename)
+        if p is None:
+            raise FileNotFoundError(f"Model in folder '{folder_name}' with filename '{filename}' not found.")
+        return p
+
+    def get_save_image_path(filename_prefix, output_dir, image_width=0, image_height=0):
+        def map_filename(filename):
+            prefix_len = len(os.path.basename(filename_prefix))
+            prefix = filename[: prefix_len + 1]
+            try:
+                digits = int(filename[prefix_len + 1:].split("_")[0])
+            except Exception:
+                digits = 0
+            return digits, prefix
+
+        if "%" in filename_prefix:
+            now = time.localtime()
+            for k, v in (("%width%", str(image_width)), ("%height%", str(image_height)),
+                         ("%year%", str(now.tm_year)), ("%month%", str(now.tm_mon).zfill(2)),
+                         ("%day%", str(now.tm_mday).zfill(2)), ("%hour%", str(now.tm_hour).zfill(2)),
+                         ("%minute%", str(now.tm_min).zfill(2)), ("%second%", str(now.tm_sec).zfill(2))):
+                filename_prefix = filename_prefix.replace(k, v)
+        subfolder = os.path.dirname(os.path.normpath(filename_prefix))
+        filename = os.path.basename(os.path.normpath(filename_prefix))
+        full_output_folder = os.path.join(output_dir, subfolder)
+        if os.path.commonpath((output_dir, os.path.abspath(full_output_folder))) != output_dir:
+            raise Exception(
+                "**** ERROR: Saving image outside the output folder is not allowed."
+                f"\n full_output_folder: {os.path.abspath(full_output_folder)}\n         output_dir: {output_dir}"
+            )
+        try:
+            counter = max(
+                filter(lambda a: os.path.normcase(a[1][:-1]) == os.path.normcase(filename) and a[1][-1] == "_",
+                       map(map_filename, os.listdir(full_output_folder)))
+            )[0] + 1
+        except ValueError:
+            counter = 1
+        except FileNotFoundError:
+            os.makedirs(full_output_folder, exist_ok=True)
+            counter = 1
+        return full_output_folder, filename, counter, subfolder, filename_prefix
+
+    for name, obj in list(locals().items()):
+        if callable(obj) and not name.startswith("_") and name != "fp":
+            setattr(fp, name, obj)
+    return fp
+
+
+# ----------------------------------------------------------------------------- core node stand-ins
+def _core_nodes(fp_getter) -> dict:
+    """LoadImage / PreviewImage / SaveImage / InvertMask with core's inputs, outputs and tensor conventions."""
+
+    class LoadImage:
+        CATEGORY = "image"
+        RETURN_TYPES = ("IMAGE", "MASK")
+        FUNCTION = "load_image"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            fp = fp_getter()
+            d = fp.get_input_directory()
+            files = [f for f in os.listdir(d) if os.path.isfile(os.path.join(d, f))]
+            return {"required": {"image": (sorted(fp.filter_files_content_types(files, ["image"])),
+                                           {"image_upload": True})}}
+
+        def load_image(self, image):
+            import numpy as np
+            import torch
+            from PIL import Image, ImageOps
+
+            img = Image.open(fp_getter().get_annotated_filepath(image))
+            img = ImageOps.exif_transpose(img)
+            rgb = torch.from_numpy(np.array(img.convert("RGB")).astype(np.float32) / 255.0)[None]
+            if "A" in img.getbands():
+                mask = 1.0 - torch.from_numpy(np.array(img.getchannel("A")).astype(np.float32) / 255.0)
+            elif img.mode == "P" and "transparency" in img.info:
+                mask = 1.0 - torch.from_numpy(
+                    np.array(img.convert("RGBA").getchannel("A")).astype(np.float32) / 255.0)
+            else:
+                mask = torch.zeros((64, 64), dtype=torch.float32)
+            return rgb, mask.unsqueeze(0)
+
+    class SaveImage:
+        CATEGORY = "image"
+        RETURN_TYPES = ()
+        FUNCTION = "save_images"
+        OUTPUT_NODE = True
+        _type = "output"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "ComfyUI"})},
+                    "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
+
+        def _dir(self):
+            return fp_getter().get_output_directory()
+
+        def save_images(self, images, filename_prefix="ComfyUI", prompt=None, extra_pnginfo=None):
+            import numpy as np
+            from PIL import Image
+
+            fp = fp_getter()
+            folder, filename, counter, sub, _ = fp.get_save_image_path(
+                filename_prefix, self._dir(), images[0].shape[1], images[0].shape[0])
+            results = []
+            for b, image in enumerate(images):
+                arr = np.clip(255.0 * image.cpu().numpy(), 0, 255).astype(np.uint8)
+                file = f"{filename.replace('%batch_num%', str(b))}_{counter:05}_.png"
+                Image.fromarray(arr).save(os.path.join(folder, file), compress_level=1)
+                results.append({"filename": file, "subfolder": sub, "type": self._type})
+                counter += 1
+            return {"ui": {"images": results}}
+
+    class PreviewImage(SaveImage):
+        _type = "temp"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"images": ("IMAGE",)},
+                    "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
+
+        def _dir(self):
+            return fp_getter().get_temp_directory()
+
+        def save_images(self, images, filename_prefix="ComfyUI_temp_abcde", prompt=None, extra_pnginfo=None):
+            return super().save_images(images, "ComfyUI_temp_abcde", prompt, extra_pnginfo)
+
+    class InvertMask:
+        CATEGORY = "mask"
+        RETURN_TYPES = ("MASK",)
+        FUNCTION = "invert"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"mask": ("MASK",)}}
+
+        def invert(self, mask):
+            return (1.0 - mask,)
+
+    return {"LoadImage": LoadImage, "SaveImage": SaveImage, "PreviewImage": PreviewImage,
+            "InvertMask": InvertMask}
+
+
+# ============================================================================ loading the extension
+_LOADED: dict[str, types.ModuleType] = {}
+
+
+def comfy_module_name(root: Path) -> str:
+    """The sys.modules key ComfyUI uses for a custom-node directory (``nodes.load_custom_node``)."""
+    return str(root).replace(".", "_x_")
+
+
+def load_extension(root: Path | str = REPO_ROOT, name: str | None = None, fresh: bool = False) -> types.ModuleType:
+    """Import ``<root>/__init__.py`` like ComfyUI: spec_from_file_location under a path-derived name.
+
+    Cached per name; ``fresh=True`` drops a cached copy (and its submodules) and imports again.
+    """
+    root = Path(root).resolve()
+    name = name or comfy_module_name(root)
+    if not fresh and name in _LOADED:
+        return _LOADED[name]
+    for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+        del sys.modules[key]
+    spec = importlib.util.spec_from_file_location(name, root / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    _LOADED[name] = module
+    return module
+
+
+# ============================================================================ node contract checks
+def _input_spec(spec) -> tuple[Any, dict]:
+    if not isinstance(spec, (tuple, list)) or len(spec) == 0:
+        raise AssertionError(f"input spec must be a tuple (TYPE, {{options}}), got {spec!r}")
+    typ = spec[0]
+    opts = spec[1] if len(spec) > 1 else {}
+    if not isinstance(opts, dict):
+        raise AssertionError(f"input options must be a dict, got {opts!r}")
+    if isinstance(typ, tuple):
+        typ = list(typ)
+    if typ == "COMBO":
+        typ = list(opts.get("options", []))
+    return typ, opts
+
+
+def check_node_contract(node_id: str, cls, display_name: str | None, pack_node: bool = True) -> list[str]:
+    """Return every contract violation of one V1 node class (empty list = OK)."""
+    errs: list[str] = []
+    where = f"{node_id}:"
+    if pack_node:
+        if not node_id.startswith("MVBoost"):
+            errs.append(f"{where} node id must start with 'MVBoost'")
+        if not (display_name or "").startswith("MVBoost: "):
+            errs.append(f"{where} display name {display_name!r} must start with 'MVBoost: '")
+        if not str(getattr(cls, "CATEGORY", "")).startswith("MVBoost"):
+            errs.append(f"{where} CATEGORY {getattr(cls, 'CATEGORY', None)!r} must start with 'MVBoost'")
+    try:
+        it = cls.INPUT_TYPES()
+    except Exception as exc:  # never allowed: the node would vanish from the UI
+        return errs + [f"{where} INPUT_TYPES() raised {type(exc).__name__}: {exc}"]
+    if not isinstance(it, dict) or not set(it) <= {"required", "optional", "hidden"}:
+        errs.append(f"{where} INPUT_TYPES() must return a dict with keys required/optional/hidden, got {it!r}")
+        return errs
+    for section in ("required", "optional"):
+        for iname, spec in (it.get(section) or {}).items():
+            try:
+                typ, opts = _input_spec(spec)
+            except AssertionError as exc:
+                errs.append(f"{where} input {iname!r}: {exc}")
+                continue
+            if isinstance(typ, list):
+                if not all(isinstance(v, (str, int, float)) for v in typ):
+                    errs.append(f"{where} combo {iname!r} options must be scalars")
+                if "default" in opts and typ and opts["default"] not in typ:
+                    errs.append(f"{where} combo {iname!r} default {opts['default']!r} not among its options")
+                continue
+            if not isinstance(typ, str):
+                errs.append(f"{where} input {iname!r} type must be a string or a list, got {typ!r}")
+                continue
+            if pack_node:
+                for t in typ.split(","):
+                    if t.strip() not in CORE_TYPES | MVBOOST_TYPES:
+                        errs.append(f"{where} input {iname!r} uses unknown type {t!r} (custom types must be one of "
+                                    f"{sorted(MVBOOST_TYPES)})")
+            if typ in ("INT", "FLOAT"):
+                for k in ("default", "min", "max", "step"):
+                    if k not in opts:
+                        errs.append(f"{where} {typ} input {iname!r} must set {k!r} (frontend defaults are 0..2048, "
+                                    "step 0.5)")
+                if all(k in opts for k in ("default", "min", "max")) and not (
+                        opts["min"] <= opts["default"] <= opts["max"]):
+                    errs.append(f"{where} {iname!r} default {opts['default']} outside [{opts['min']}, {opts['max']}]")
+    rt = getattr(cls, "RETURN_TYPES", None)
+    if not isinstance(rt, tuple):
+        errs.append(f"{where} RETURN_TYPES must be a tuple, got {rt!r}")
+        rt = ()
+    for t in rt:
+        if not isinstance(t, str):
+            errs.append(f"{where} RETURN_TYPES entries must be strings, got {t!r}")
+        elif pack_node and t not in CORE_TYPES | MVBOOST_TYPES:
+            errs.append(f"{where} output type {t!r} is unknown (custom types must be one of {sorted(MVBOOST_TYPES)})")
+    for attr in ("RETURN_NAMES", "OUTPUT_IS_LIST", "OUTPUT_TOOLTIPS"):
+        v = getattr(cls, attr, None)
+        if v is not None and (not isinstance(v, tuple) or len(v) != len(rt)):
+            errs.append(f"{where} {attr} must be a tuple of len(RETURN_TYPES)={len(rt)}, got {v!r}")
+    fn = getattr(cls, "FUNCTION", None)
+    if not isinstance(fn, str) or not callable(getattr(cls, fn, None)):
+        errs.append(f"{where} FUNCTION {fn!r} must name a method of the class")
+    if not rt and not getattr(cls, "OUTPUT_NODE", False):
+        errs.append(f"{where} a node without outputs must be an OUTPUT_NODE")
+    return errs
+
+
+# ============================================================================ workflow execution
+def _is_link(v) -> bool:
+    return isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], int)
+
+
+def _types_match(received: str, expected) -> bool:
+    if isinstance(expected, list):  # combo fed by a link: anything goes in ComfyUI's validator too
+        return True
+    if received == expected or received == "*" or expected == "*":
+        return True
+    return bool({t.strip() for t in received.split(",")} & {t.strip() for t in expected.split(",")})
+
+
+def _tensor_versions(value, depth: int = 0) -> list:
+    """(object, attribute ids, tensor, _version) snapshots used to detect in-place mutation of node inputs."""
+    import torch
+
+    out = []
+    if isinstance(value, torch.Tensor):
+        out.append((value, value._version))
+    elif is_dataclass(value) and not isinstance(value, type) and depth < 3:
+        for f in fields(value):
+            out.extend(_tensor_versions(getattr(value, f.name), depth + 1))
+    elif isinstance(value, (list, tuple)) and depth < 3:
+        for v in value[:64]:
+            out.extend(_tensor_versions(v, depth + 1))
+    elif isinstance(value, dict) and depth < 3:
+        for v in list(value.values())[:64]:
+            out.extend(_tensor_versions(v, depth + 1))
+    return out
+
+
+def _dataclass_ids(value) -> list:
+    if is_dataclass(value) and not isinstance(value, type):
+        return [(value, {f.name: id(getattr(value, f.name)) for f in fields(value)})]
+    return []
+
+
+class WorkflowResult:
+    """Outputs of one run: ``outputs[node_id]`` = tuple of lists (one list per output); ``ui[node_id]``."""
+
+    def __init__(self):
+        self.outputs: dict[str, tuple] = {}
+        self.ui: dict[str, dict] = {}
+        self.order: list[str] = []
+
+    def output(self, node_id: str, index: int = 0):
+        """One output of a node: the value itself (or the list when the node produced several)."""
+        vals = self.outputs[str(node_id)][index]
+        return vals[0] if len(vals) == 1 else vals
+
+
+class ComfyEnv:
+    """A throwaway ComfyUI 'installation' rooted in a tmp dir, with the pack loaded. See module docstring."""
+
+    InterruptProcessingException = InterruptProcessingException
+
+    def __init__(self, base_dir: Path, package: types.ModuleType):
+        self.base_dir = Path(base_dir)
+        self.models_dir = self.base_dir / "models"
+        self.input_dir = self.base_dir / "input"
+        self.output_dir = self.base_dir / "output"
+        self.temp_dir = self.base_dir / "temp"
+        self.package = package
+        self.core = sys.modules.get(package.__name__ + ".mvboost_core")
+        if self.core is None:
+            self.core = importlib.import_module(package.__name__ + ".mvboost_core")
+        self.progress: list[tuple[int, int]] = []
+        self.model_management = _make_model_management()
+        self.utils = _make_comfy_utils(self.progress, self.model_management)
+        self.folder_paths = _make_folder_paths(self.base_dir)
+        comfy = types.ModuleType("comfy")
+        comfy.__path__ = []  # a namespace-like package so `import comfy.utils` resolves via sys.modules
+        comfy.utils = self.utils
+        comfy.model_management = self.model_management
+        self.modules = {"comfy": comfy, "comfy.utils": self.utils,
+                        "comfy.model_management": self.model_management, "folder_paths": self.folder_paths}
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        self.nodes: dict = dict(package.NODE_CLASS_MAPPINGS)
+        self.display_names: dict = dict(package.NODE_DISPLAY_NAME_MAPPINGS)
+        self.core_nodes = _core_nodes(lambda: self.folder_paths)
+        self.all_nodes = {**self.core_nodes, **self.nodes}
+        self._instances: dict[str, Any] = {}
+
+    # ---------------------------------------------------------------- helpers
+    def interrupt(self) -> None:
+        """Like pressing cancel: the next interruption check raises InterruptProcessingException."""
+        self.model_management.interrupt_current_processing(True)
+
+    def validate_node(self, node_id: str) -> list[str]:
+        cls = self.all_nodes[node_id]
+        return check_node_contract(node_id, cls, self.display_names.get(node_id), pack_node=node_id in self.nodes)
+
+    def run_node(self, class_type: str, **inputs):
+        """Run one node with literal inputs (objects allowed) through the same checks; returns its output tuple."""
+        wf = {"1": {"class_type": class_type, "inputs": {}}}
+        res = self._execute(wf, literal_inputs={"1": inputs}, require_output_node=False)
+        return tuple(v[0] if len(v) == 1 else v for v in res.outputs["1"])
+
+    def run_workflow(self, workflow, overrides: dict | None = None) -> WorkflowResult:
+        """Validate and execute an API-format workflow (path relative to the repo root, Path or dict).
+
+        ``overrides`` = ``{node_id: {input_name: value}}`` replaces widget values (not links) before validation.
+        """
+        if isinstance(workflow, (str, Path)):
+            p = Path(workflow)
+            if not p.is_absolute():
+                p = REPO_ROOT / p
+            workflow = json.loads(p.read_text())
+        wf = copy.deepcopy(workflow)
+        for nid, vals in (overrides or {}).items():
+            if str(nid) not in wf:
+                raise KeyError(f"override for unknown node {nid!r}")
+            wf[str(nid)]["inputs"].update(vals)
+        return self._execute(wf)
+
+    # ---------------------------------------------------------------- validation + execution
+    def _validate(self, wf: dict, literal_inputs: dict, require_output_node: bool) -> tuple[list[str], dict]:
+        errors: list[str] = []
+        coerced: dict[str, dict] = {}
+        for nid, node in wf.items():
+            ct = node.get("class_type")
+            cls = self.all_nodes.get(ct)
+            if cls is None:
+                errors.append(f"node {nid}: unknown class_type {ct!r}")
+                continue
+            try:
+                it = cls.INPUT_TYPES()
+            except Exception as exc:
+                errors.append(f"node {nid} ({ct}): INPUT_TYPES raised {exc!r}")
+                continue
+            spec_all = {**(it.get("required") or {}), **(it.get("optional") or {})}
+            inputs = dict(node.get("inputs", {}))
+            lits = literal_inputs.get(nid, {})
+            vfn = getattr(cls, "VALIDATE_INPUTS", None)
+            vparams = set(inspect.signature(vfn).parameters) if vfn else set()
+            v_kwargs = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(vfn).parameters.values()) if vfn else False
+            out: dict[str, Any] = {}
+            for iname, spec in spec_all.items():
+                typ, opts = _input_spec(spec)
+                if iname in lits:
+                    out[iname] = lits[iname]
+                    continue
+                if iname not in inputs:
+                    if iname in (it.get("required") or {}):
+                        errors.append(f"node {nid} ({ct}): required input {iname!r} missing")
+                    continue
+                val = inputs[iname]
+                if _is_link(val):
+                    src = wf.get(val[0])
+                    if src is None:
+                        errors.append(f"node {nid} ({ct}): input {iname!r} links to missing node {val[0]!r}")
+                        continue
+                    scls = self.all_nodes.get(src.get("class_type"))
+                    if scls is None:
+                        continue
+                    rts = scls.RETURN_TYPES
+                    if not 0 <= val[1] < len(rts):
+                        errors.append(f"node {nid} ({ct}): input {iname!r} links to output {val[1]} of node {val[0]} "
+                                      f"which has {len(rts)} outputs")
+                        continue
+                    if not _types_match(rts[val[1]], typ):
+                        errors.append(f"node {nid} ({ct}): return_type_mismatch on {iname!r}: received "
+                                      f"{rts[val[1]]}, expected {typ}")
+                    out[iname] = val
+                    continue
+                if isinstance(val, dict) and "__value__" in val:
+                    val = val["__value__"]
+                try:
+                    if typ == "INT":
+                        val = int(val)
+                    elif typ == "FLOAT":
+                        val = float(val)
+                    elif typ == "STRING":
+                        val = str(val)
+                    elif typ == "BOOLEAN":
+                        val = bool(val)
+                except Exception as exc:
+                    errors.append(f"node {nid} ({ct}): input {iname!r} value {val!r} is not a {typ}: {exc}")
+                    continue
+                if iname not in vparams and not v_kwargs:
+                    if "min" in opts and val < opts["min"]:
+                        errors.append(f"node {nid} ({ct}): value_smaller_than_min {iname}={val} < {opts['min']}")
+                    if "max" in opts and val > opts["max"]:
+                        errors.append(f"node {nid} ({ct}): value_bigger_than_max {iname}={val} > {opts['max']}")
+                    if isinstance(typ, list) and val not in typ:
+                        errors.append(f"node {nid} ({ct}): value_not_in_list {iname}={val!r} not in {typ}")
+                out[iname] = val
+            extra = set(inputs) - set(spec_all)
+            if extra:
+                errors.append(f"node {nid} ({ct}): unknown inputs {sorted(extra)}")
+            if vfn:
+                args = {k: v for k, v in out.items() if not _is_link(v) and (k in vparams or v_kwargs)}
+                try:
+                    r = vfn(**args)
+                except Exception as exc:
+                    r = f"VALIDATE_INPUTS raised {exc!r}"
+                if r is not True:
+                    errors.append(f"node {nid} ({ct}): {r}")
+            coerced[nid] = out
+        if require_output_node and not any(
+                getattr(self.all_nodes.get(n.get("class_type")), "OUTPUT_NODE", False) for n in wf.values()):
+            errors.append("prompt_no_outputs: the workflow has no output node")
+        return errors, coerced
+
+    def _execute(self, wf: dict, literal_inputs: dict | None = None, require_output_node: bool = True):
+        wf = {str(k): v for k, v in wf.items()}
+        literal_inputs = literal_inputs or {}
+        errors, coerced = self._validate(wf, literal_inputs, require_output_node)
+        if errors:
+            raise WorkflowError(errors)
+        # the output nodes and their ancestors, in dependency order
+        targets = [n for n, v in wf.items() if getattr(self.all_nodes[v["class_type"]], "OUTPUT_NODE", False)]
+        if not require_output_node:
+            targets = list(wf)
+        order: list[str] = []
+        state: dict[str, int] = {}
+
+        def visit(n, stack):
+            if state.get(n) == 2:
+                return
+            if state.get(n) == 1:
+                raise WorkflowError([f"dependency cycle through nodes {stack + [n]}"])
+            state[n] = 1
+            for v in coerced[n].values():
+                if _is_link(v):
+                    visit(v[0], stack + [n])
+            state[n] = 2
+            order.append(n)
+
+        for t in targets:
+            visit(t, [])
+        result = WorkflowResult()
+        result.order = order
+        for nid in order:
+            self.model_management.throw_exception_if_processing_interrupted()  # like nodes.before_node_execution
+            ct = wf[nid]["class_type"]
+            cls = self.all_nodes[ct]
+            it = cls.INPUT_TYPES()
+            inputs: dict[str, list] = {}
+            for k, v in coerced[nid].items():
+                inputs[k] = list(result.outputs[v[0]][v[1]]) if _is_link(v) else [v]
+            hidden = {}
+            for k, kind in (it.get("hidden") or {}).items():
+                hidden[k] = {"UNIQUE_ID": nid, "PROMPT": wf, "EXTRA_PNGINFO": {}, "DYNPROMPT": None}.get(kind)
+            obj = self._instances.get(nid)
+            if obj is None or type(obj) is not cls:
+                obj = cls()
+                self._instances[nid] = obj
+            fn = getattr(obj, cls.FUNCTION)
+            in_list = getattr(cls, "INPUT_IS_LIST", False)
+            calls = []
+            if in_list:
+                calls.append({**inputs, **{k: [v] for k, v in hidden.items()}})
+            else:
+                n_calls = max([len(v) for v in inputs.values()] or [1])
+                if any(len(v) == 0 for v in inputs.values()):
+                    n_calls = 0
+                for i in range(n_calls):
+                    calls.append({**{k: v[min(i, len(v) - 1)] for k, v in inputs.items()}, **hidden})
+            n_out = len(cls.RETURN_TYPES)
+            out_is_list = getattr(cls, "OUTPUT_IS_LIST", None) or (False,) * n_out
+            merged: list[list] = [[] for _ in range(n_out)]
+            ui: dict[str, list] = {}
+            for kw in calls:
+                snaps = [s for v in kw.values() for s in _tensor_versions(v)]
+                ids = [s for v in kw.values() for s in _dataclass_ids(v)]
+                r = fn(**kw)
+                for t, ver in snaps:
+                    if t._version != ver:
+                        raise AssertionError(f"node {nid} ({ct}) modified an input tensor in place "
+                                             "(ComfyUI caches outputs: nodes must not mutate their inputs)")
+                for o, before in ids:
+                    if {f.name: id(getattr(o, f.name)) for f in fields(o)} != before:
+                        raise AssertionError(f"node {nid} ({ct}) reassigned a field of an input "
+                                             f"{type(o).__name__} (nodes must not mutate their inputs)")
+                if isinstance(r, dict):
+                    if "expand" in r:
+                        raise NotImplementedError("node expansion is not supported by the harness")
+                    if "ui" in r and r["ui"] is not None:
+                        for key, val in r["ui"].items():
+                            ui.setdefault(key, []).extend(val if isinstance(val, (list, tuple)) else [val])
+                    r = r.get("result", ())
+                if r is None:
+                    r = ()
+                if not isinstance(r, tuple):
+                    raise AssertionError(f"node {nid} ({ct}) must return a tuple, got {type(r).__name__}")
+                if len(r) != n_out:
+                    raise AssertionError(f"node {nid} ({ct}) returned {len(r)} values but RETURN_TYPES has {n_out}")
+                for i, v in enumerate(r):
+                    if out_is_list[i]:
+                        merged[i].extend(v)
+                    else:
+                        merged[i].append(v)
+            result.outputs[nid] = tuple(merged)
+            if ui:
+                result.ui[nid] = ui
+        return result
+
+
+# ============================================================================ pytest fixtures
+def _install(monkeypatch, env: ComfyEnv) -> None:
+    for name, mod in env.modules.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+
+
+@pytest.fixture
+def comfy_env(tmp_path, monkeypatch) -> ComfyEnv:
+    """The pack loaded like ComfyUI does, with stand-in ComfyUI services rooted in ``tmp_path/comfy``."""
+    package = load_extension()
+    env = ComfyEnv(tmp_path / "comfy", package)
+    _install(monkeypatch, env)
+    # outside-ComfyUI fallbacks must never be used inside the harness
+    monkeypatch.setenv("MVBOOST_MODELS_DIR", str(tmp_path / "not_comfy_models"))
+    return env
+
+
+# ============================================================================ UI <-> API format
+def ui_to_api_graph(ui: dict, node_classes: dict) -> dict:
+    """Convert a UI-format (LiteGraph 0.4) workflow into API format using the node classes' INPUT_TYPES.
+
+    Widget values are matched positionally to the required+optional inputs that are widgets (INT, FLOAT, STRING,
+    BOOLEAN, combo); INT inputs with ``control_after_generate`` (or named seed/noise_seed) consume one extra value.
+    Frontend-only, muted (mode 2) and bypassed (mode 4) nodes are dropped.
+    """
+    links = {l[0]: l for l in ui.get("links", [])}
+    out: dict[str, dict] = {}
+    for node in ui["nodes"]:
+        if node["type"] in FRONTEND_ONLY_NODES or node.get("mode", 0) in (2, 4):
+            continue
+        cls = node_classes.get(node["type"])
+        if cls is None:
+            raise KeyError(f"UI workflow uses unknown node type {node['type']!r}")
+        it = cls.INPUT_TYPES()
+        spec_all = {**(it.get("required") or {}), **(it.get("optional") or {})}
+        linked = {}
+        for inp in node.get("inputs", []) or []:
+            if inp.get("link") is not None:
+                l = links[inp["link"]]
+                linked[inp["name"]] = [str(l[1]), int(l[2])]
+        inputs: dict[str, Any] = {}
+        wv = list(node.get("widgets_values") or [])
+        if isinstance(node.get("widgets_values"), dict):
+            raise ValueError("dict widgets_values (V3 dynamic widgets) are not supported")
+        pos = 0
+        for iname, spec in spec_all.items():
+            typ, opts = _input_spec(spec)
+            is_widget = isinstance(typ, list) or typ in WIDGET_TYPES
+            if is_widget and not opts.get("forceInput"):
+                val = wv[pos] if pos < len(wv) else None
+                pos += 1
+                if typ == "INT" and (opts.get("control_after_generate") or iname in ("seed", "noise_seed")):
+                    pos += 1
+                if iname in linked:
+                    inputs[iname] = linked[iname]
+                elif pos - 1 < len(wv):
+                    inputs[iname] = val
+            elif iname in linked:
+                inputs[iname] = linked[iname]
+        out[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return out
