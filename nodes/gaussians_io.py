@@ -1,0 +1,296 @@
+"""Save / Load / Render Gaussians nodes (adapters only: the work is done by mvboost_core).
+
+* **MVBoost: Save Gaussians** -> ``.ply`` (LGM's 14 properties or the full 3DGS layout), ``.splat`` or ``.spz``
+  in ComfyUI's output folder, written atomically; returns the path relative to the output folder and shows a
+  rendered preview. On ComfyUI versions with the native 3D-file types (2026+) it also outputs a core ``File3D``
+  so ``PreviewGaussianSplat`` / core splat loaders accept it (see :mod:`.splat_interop`).
+* **MVBoost: Load Gaussians** <- ``.ply`` / ``.splat`` / ``.spz`` from the input folder (or ``input/3d``).
+* **MVBoost: Render Gaussians** -> turntable IMAGE batch + MASK (alpha, 1 = object) on LGM's orbit cameras.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+
+from . import _comfy as C
+
+FORMATS = {  # widget value -> (file extension, mvboost_core.gaussians writer name, writer kwargs)
+    "ply": ("ply", "save_ply", {"layout": "lgm"}),
+    "ply_full": ("ply", "save_ply", {"layout": "full"}),
+    "splat": ("splat", "save_splat", {}),
+    "spz": ("spz", "save_spz", {}),
+}
+READERS = {".ply": "load_ply", ".splat": "load_splat", ".spz": "load_spz"}
+
+
+def _gio():
+    from ..mvboost_core import gaussians
+
+    return gaussians
+
+
+def _readable_extensions() -> tuple[str, ...]:
+    g = _gio()
+    return tuple(ext for ext, fn in READERS.items() if hasattr(g, fn))
+
+
+def _parse_color(text: str, what: str = "background") -> tuple[float, float, float]:
+    """``"#RRGGBB"`` or ``"r, g, b"`` (0..1 floats) -> (r, g, b) in 0..1."""
+    s = (text or "").strip()
+    try:
+        if s.startswith("#") and len(s) == 7:
+            return tuple(int(s[i:i + 2], 16) / 255.0 for i in (1, 3, 5))  # type: ignore[return-value]
+        parts = [float(p) for p in s.replace(";", ",").split(",")]
+        if len(parts) == 3 and all(0.0 <= p <= 1.0 for p in parts):
+            return tuple(parts)  # type: ignore[return-value]
+    except ValueError:
+        pass
+    raise ValueError(f"{what} {text!r} is not a colour: use '#RRGGBB' (e.g. '#FFFFFF') or 'r, g, b' in 0..1.")
+
+
+def _check_gaussians(gaussians, what: str):
+    g = _gio()
+    if not isinstance(gaussians, g.Gaussians):
+        raise TypeError(f"{what}: expected MVBOOST_GAUSSIANS (a Gaussians object), got {type(gaussians).__name__}.")
+    return gaussians.validate(what)
+
+
+def _render_views(gaussians, elevations, azimuths, radius, fov, resolution, background, pbar=None):
+    """Render one view at a time (bounded memory) -> (rgb [V,H,W,3], alpha [V,H,W]) on the render device."""
+    import torch
+
+    from ..mvboost_core.cameras import Cameras
+    from ..mvboost_core.render import render
+
+    device = C.get_torch_device()
+    g = gaussians.to(device=device, dtype=torch.float32)
+    rgbs, alphas = [], []
+    with torch.no_grad():
+        for e, a in zip(elevations, azimuths):
+            C.check_interrupt()
+            cams = Cameras.orbit([e], [a], radius=radius, fovy_deg=fov, width=resolution, height=resolution,
+                                 device=device)
+            out = render(g, cams, background=background)
+            rgbs.append(out.rgb.clamp(0, 1))
+            alphas.append(out.alpha[..., 0])
+            if pbar is not None:
+                pbar.update(1)
+    return torch.cat(rgbs), torch.cat(alphas)
+
+
+# =====================================================================================================================
+class MVBoostSaveGaussians:
+    """Write Gaussians into the output folder; returns the relative path; previews one rendered view."""
+
+    CATEGORY = C.CATEGORY
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    DESCRIPTION = ("Saves Gaussians as .ply (LGM 14-property layout or full 3DGS layout with normals and zero SH "
+                   "rest, opened by SuperSplat / antimatter15 / most viewers), .splat (antimatter15) or .spz "
+                   "(Niantic) into ComfyUI's output folder.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "gaussians": (C.MVBOOST_GAUSSIANS,),
+                "filename_prefix": ("STRING", {"default": "mvboost/gaussians", "tooltip":
+                                               "Relative to the output folder; sub-folders allowed, '..' is not."}),
+                "format": (list(FORMATS), {"default": "ply", "tooltip":
+                                           "ply = LGM's layout; ply_full = with normals + f_rest (widest viewer "
+                                           "support); splat = antimatter15 32-byte records; spz = Niantic gzip."}),
+            },
+            "optional": {
+                "prune_opacity": ("FLOAT", {"default": 0.005, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip":
+                                            "Gaussians with opacity below this are dropped (LGM uses 0.005)."}),
+                "preview": ("BOOLEAN", {"default": True, "tooltip": "Render one front view as the node preview."}),
+                "preview_size": ("INT", {"default": 256, "min": 64, "max": 1024, "step": 8}),
+            },
+        }
+
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("path",)
+    OUTPUT_TOOLTIPS = ("Saved file, relative to ComfyUI's output folder.",)
+
+    def save(self, gaussians, filename_prefix, format, prune_opacity=0.005, preview=True, preview_size=256):
+        if format not in FORMATS:
+            raise ValueError(f"format {format!r} is not one of {list(FORMATS)}")
+        ext, writer_name, kwargs = FORMATS[format]
+        writer = getattr(_gio(), writer_name, None)
+        if writer is None:
+            raise RuntimeError(f"this version of mvboost_core has no {writer_name}(); cannot write .{ext}")
+        gaussians = _check_gaussians(gaussians, "Save Gaussians")  # before anything touches the disk
+        out_dir = C.get_output_directory()
+        folder, name, counter, sub, _ = C.get_save_image_path(filename_prefix, out_dir)
+        fname = f"{name}_{counter:05}_.{ext}"
+        full = os.path.join(folder, fname)
+        writer(gaussians, full, prune_opacity=prune_opacity, **kwargs)
+        rel = os.path.relpath(full, out_dir).replace(os.sep, "/")
+        ui = {"text": [rel]}
+        if preview:
+            rgb, _ = _render_views(gaussians, [0.0], [0.0], 1.5, 49.1, int(preview_size), (1.0, 1.0, 1.0))
+            ui.update(C.preview_images_ui(rgb, prefix="MVBoost_gaussians_preview"))
+        result = (rel,)
+        extra = _file3d_output(full, ext)
+        if extra is not None:
+            result = result + (extra,)
+        return {"ui": ui, "result": result}
+
+
+def _file3d_output(path: str, ext: str):
+    """The host's core File3D object for the saved file, when the host has the 2026 splat types (else None)."""
+    try:
+        from .splat_interop import make_host_file3d
+    except Exception:
+        return None
+    return make_host_file3d(path, ext) if _HOST_FILE3D_TYPE else None
+
+
+def _host_file3d_type():
+    try:
+        from .splat_interop import host_file3d_splat_type
+    except Exception:
+        return None
+    try:
+        return host_file3d_splat_type()
+    except Exception:
+        return None
+
+
+_HOST_FILE3D_TYPE = _host_file3d_type()
+if _HOST_FILE3D_TYPE:
+    MVBoostSaveGaussians.RETURN_TYPES = ("STRING", _HOST_FILE3D_TYPE)
+    MVBoostSaveGaussians.RETURN_NAMES = ("path", "model_3d")
+    MVBoostSaveGaussians.OUTPUT_TOOLTIPS = MVBoostSaveGaussians.OUTPUT_TOOLTIPS + (
+        "The saved file as a core 3D-file object (for PreviewGaussianSplat and other core splat nodes).",)
+
+
+# =====================================================================================================================
+def _input_files() -> list[str]:
+    """Gaussian files in the input folder and its ``3d`` sub-folder (relative, '/' separators). Never raises."""
+    try:
+        root = C.get_input_directory()
+        exts = _readable_extensions()
+        out = []
+        for sub in ("", "3d"):
+            d = os.path.join(root, sub)
+            if not os.path.isdir(d):
+                continue
+            for f in os.listdir(d):
+                if f.lower().endswith(exts) and os.path.isfile(os.path.join(d, f)):
+                    out.append(f"{sub}/{f}" if sub else f)
+        return sorted(out)
+    except Exception:
+        return []
+
+
+class MVBoostLoadGaussians:
+    """Read a Gaussian file (.ply 3DGS, .splat, .spz) from ComfyUI's input folder."""
+
+    CATEGORY = C.CATEGORY
+    FUNCTION = "load"
+    DESCRIPTION = ("Loads 3D Gaussians from the input folder (or input/3d): 3DGS .ply (any SH degree; the DC colour "
+                   "is kept), antimatter15 .splat, Niantic .spz.")
+    RETURN_TYPES = (C.MVBOOST_GAUSSIANS,)
+    RETURN_NAMES = ("gaussians",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"file": (_input_files(), {"file_upload": True, "tooltip":
+                                                       "A .ply / .splat / .spz in ComfyUI's input folder."})}}
+
+    @classmethod
+    def _path(cls, file: str) -> str:
+        if not file:
+            raise FileNotFoundError(
+                f"No Gaussian file selected: put a .ply/.splat/.spz into {C.get_input_directory()} and refresh.")
+        return C.get_annotated_filepath(file)
+
+    @classmethod
+    def IS_CHANGED(cls, file):
+        try:
+            with open(cls._path(file), "rb") as f:
+                return hashlib.sha256(f.read()).hexdigest()
+        except OSError:
+            return float("nan")
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, file):
+        ext = os.path.splitext(file or "")[1].lower()
+        if ext not in _readable_extensions():
+            return f"{file!r}: unsupported extension; readable: {', '.join(_readable_extensions())}"
+        if not os.path.isfile(C.get_annotated_filepath(file)):
+            return f"Gaussian file not found: {file} (looked in {C.get_input_directory()})"
+        return True
+
+    def load(self, file):
+        path = self._path(file)
+        ext = os.path.splitext(path)[1].lower()
+        reader = getattr(_gio(), READERS.get(ext, ""), None)
+        if reader is None:
+            raise ValueError(f"{file!r}: unsupported extension {ext!r}; readable: {', '.join(_readable_extensions())}")
+        return (reader(path),)
+
+
+# =====================================================================================================================
+class MVBoostRenderGaussians:
+    """Turntable of Gaussians on LGM's orbit cameras -> IMAGE batch + MASK (alpha)."""
+
+    CATEGORY = C.CATEGORY
+    FUNCTION = "render"
+    DESCRIPTION = ("Renders a turntable: `frames` views evenly spaced in azimuth (kiui/LGM orbit: azimuth 0 looks from "
+                   "+z, 90 from +x), all at one elevation, perspective, looking at the origin.")
+    RETURN_TYPES = ("IMAGE", "MASK")
+    RETURN_NAMES = ("images", "alpha")
+    OUTPUT_TOOLTIPS = ("Rendered frames [F,H,W,3] composited over the background.",
+                       "Alpha [F,H,W] (1 = object, 0 = background).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "gaussians": (C.MVBOOST_GAUSSIANS,),
+                "frames": ("INT", {"default": 16, "min": 1, "max": 360, "step": 1}),
+                "elevation": ("FLOAT", {"default": 0.0, "min": -89.0, "max": 89.0, "step": 1.0, "tooltip":
+                                        "Degrees, LGM/kiui convention: negative = camera above the object."}),
+                "radius": ("FLOAT", {"default": 1.5, "min": 0.1, "max": 100.0, "step": 0.05}),
+                "fov": ("FLOAT", {"default": 49.1, "min": 1.0, "max": 170.0, "step": 0.1,
+                                  "tooltip": "Vertical field of view in degrees (LGM: 49.1)."}),
+                "resolution": ("INT", {"default": 256, "min": 16, "max": 2048, "step": 8}),
+                "background": ("STRING", {"default": "#FFFFFF", "tooltip": "'#RRGGBB' or 'r, g, b' in 0..1."}),
+            },
+            "optional": {
+                "start_azimuth": ("FLOAT", {"default": 0.0, "min": -360.0, "max": 360.0, "step": 1.0}),
+            },
+        }
+
+    def render(self, gaussians, frames, elevation, radius, fov, resolution, background, start_azimuth=0.0):
+        frames, resolution = int(frames), int(resolution)
+        if frames < 1:
+            raise ValueError(f"frames must be >= 1, got {frames}")
+        if resolution < 1:
+            raise ValueError(f"resolution must be a positive number of pixels, got {resolution}")
+        if not 0.0 < float(fov) < 180.0:
+            raise ValueError(f"fov must be in (0, 180) degrees, got {fov}")
+        if float(radius) <= 0.0:
+            raise ValueError(f"radius must be > 0, got {radius}")
+        bg = _parse_color(background)
+        gaussians = _check_gaussians(gaussians, "Render Gaussians")
+        azimuths = [float(start_azimuth) + 360.0 * i / frames for i in range(frames)]
+        pbar = C.ProgressBar(frames)
+        rgb, alpha = _render_views(gaussians, [float(elevation)] * frames, azimuths, float(radius), float(fov),
+                                   resolution, bg, pbar)
+        C.soft_empty_cache()
+        return (C.to_comfy_image(rgb), C.to_comfy_mask(alpha))
+
+
+NODE_CLASS_MAPPINGS = {
+    "MVBoostSaveGaussians": MVBoostSaveGaussians,
+    "MVBoostLoadGaussians": MVBoostLoadGaussians,
+    "MVBoostRenderGaussians": MVBoostRenderGaussians,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "MVBoostSaveGaussians": "MVBoost: Save Gaussians",
+    "MVBoostLoadGaussians": "MVBoost: Load Gaussians",
+    "MVBoostRenderGaussians": "MVBoost: Render Gaussians",
+}
