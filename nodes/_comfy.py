@@ -202,7 +202,11 @@ def register_model_folders() -> None:
             fp.add_model_folder_path(name, default)
             entry = fnp.get(name)
         if entry is not None and exts:
-            entry[1].update(exts)  # in place: keeps the list shared with folder_paths
+            known = entry[1]  # update in place: folder_paths keeps a reference (a set, or a list for some keys)
+            if isinstance(known, set):
+                known.update(exts)
+            elif isinstance(known, list):
+                known.extend(e for e in sorted(exts) if e not in known)
     _REGISTERED = True
 
 
