@@ -1,0 +1,163 @@
+"""``mvboost boost-data`` and ``mvboost train-lora``: :func:`register` adds them to the ``mvboost`` command.
+
+Both run as one process or under ``accelerate launch`` (multi-GPU / multi-node), e.g.::
+
+    accelerate launch --multi_gpu --num_processes 8 -m mvboost_core.cli boost-data --images imgs/ --out ds/ \\
+        --era3d models/era3d/MacLab-Era3D-512-6view --lgm models/lgm/model_fp16_fixrot.safetensors
+    accelerate launch --multi_gpu --num_processes 8 -m mvboost_core.cli train-lora --data ds/ \\
+        --lgm models/lgm/model_fp16_fixrot.safetensors --out models/lgm_loras/boost.safetensors \\
+        --mixed-precision bf16 --save-every 500
+
+This module also runs on its own (``python -m mvboost_core.boost.cli boost-data ...``).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+__all__ = ["register", "main", "cmd_boost_data", "cmd_train_lora"]
+
+
+def _add_boost_data(sub) -> None:
+    p = sub.add_parser(
+        "boost-data",
+        help="generate the refined multi-view dataset for LoRA boosting (resumable, shards over processes)",
+        description="Per image: Era3D six views -> bridge -> LGM -> render -> Refine Views (SDEdit) -> one sample "
+                    "under OUT/samples/<id>/. Rerunning skips complete samples. Use `accelerate launch` to spread "
+                    "the images over GPUs/nodes.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", help="folder of input images (RGBA preferred; searched recursively)")
+    src.add_argument("--synthetic", type=int, metavar="N",
+                     help="N procedural Gaussian-blob objects with exact ground truth (machinery check, no Era3D)")
+    p.add_argument("--out", required=True, help="dataset folder (created; existing complete samples are kept)")
+    p.add_argument("--era3d", help="Era3D diffusers folder (required with --images)")
+    p.add_argument("--lgm", help="LGM checkpoint .safetensors (required with --images; optional base model for "
+                                 "--synthetic renders)")
+    p.add_argument("--lgm-config", help="LGM config name or options JSON (default: detected from the checkpoint)")
+    p.add_argument("--strength", type=float, default=0.95, help="Refine Views SDEdit strength (default 0.95)")
+    p.add_argument("--steps", type=int, default=40, help="Era3D sampling steps (default 40)")
+    p.add_argument("--refine-steps", type=int, default=None, help="refinement schedule length (default --steps)")
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--crop-size", type=int, default=420)
+    p.add_argument("--seed", type=int, default=0, help="base seed; each item's seed derives from it and its name")
+    p.add_argument("--size", type=int, default=64, help="--synthetic: input and render size")
+    p.add_argument("--views", type=int, default=6, help="--synthetic: supervised views per object")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps (under accelerate: the process's device)")
+    p.add_argument("--dtype", default="auto", help="compute dtype for the models: auto|fp32|bf16|fp16")
+    p.add_argument("--verify", choices=["size", "hash"], default="size",
+                   help="how existing samples are checked before being skipped (hash = full SHA-256)")
+    p.add_argument("--on-error", choices=["raise", "skip"], default="skip",
+                   help="skip: log a failing image and continue (retried next run)")
+    p.set_defaults(func=cmd_boost_data)
+
+
+def _add_train_lora(sub) -> None:
+    from .train import TrainConfig
+
+    d = TrainConfig(data="", lgm="", out="")
+    p = sub.add_parser(
+        "train-lora",
+        help="train a LoRA on LGM's cross-view attention from a boost-data dataset",
+        description="peft LoRA on the qkv/proj Linear layers of every MVAttention; loss MSE(rgb) + MSE(alpha) + "
+                    "LPIPS-VGG against the refined views. Checkpoints every --save-every steps; --resume continues "
+                    "from the newest one.",
+    )
+    p.add_argument("--data", required=True, help="dataset folder written by boost-data")
+    p.add_argument("--lgm", required=True, help="base LGM checkpoint .safetensors")
+    p.add_argument("--lgm-config", default=None, help="LGM config name or options JSON (default: detected)")
+    p.add_argument("--out", required=True, help="adapter file to write (.safetensors, e.g. models/lgm_loras/x.safetensors)")
+    p.add_argument("--rank", type=int, default=d.rank)
+    p.add_argument("--alpha", type=float, default=None, help="lora_alpha (default: = rank)")
+    p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default=d.lr_schedule)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="samples per process per micro-batch")
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum)
+    p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default=d.mixed_precision)
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip)
+    p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--lambda-lpips", type=float, default=d.lambda_lpips)
+    p.add_argument("--lpips-size", type=int, default=d.lpips_size)
+    p.add_argument("--lpips-weights", default=None, help="torchvision VGG16 weights file for LPIPS")
+    p.add_argument("--lpips-random", action="store_true", help="random LPIPS trunk (tests only; meaningless loss)")
+    p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps (0 = never)")
+    p.add_argument("--checkpoint-dir", default=None, help="default: <out stem>.checkpoints next to --out")
+    p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--cpu", action="store_true", help="force CPU even when a GPU is present")
+    p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_train_lora)
+
+
+def register(subparsers) -> None:
+    """Add ``boost-data`` and ``train-lora`` to an ``argparse`` sub-parser collection."""
+    _add_boost_data(subparsers)
+    _add_train_lora(subparsers)
+
+
+def _device(arg: str):
+    import torch
+    from accelerate import PartialState
+
+    if arg != "auto":
+        return torch.device(arg)
+    return PartialState().device
+
+
+def cmd_boost_data(args) -> int:
+    from .dataset import MVBoostGenerator, SyntheticGenerator, generate_dataset, list_images
+
+    base = None
+    device = _device(args.device)
+    if args.lgm:
+        from ..lgm import load_lgm
+
+        base = load_lgm(args.lgm, config=args.lgm_config, device=device,
+                        dtype=None if args.dtype == "auto" else args.dtype)
+    if args.synthetic is not None:
+        if args.synthetic < 1:
+            raise SystemExit("--synthetic needs N >= 1")
+        in_size = base.config.input_size if base is not None else args.size
+        gen = SyntheticGenerator(input_size=in_size, render_size=args.size, n_views=args.views, base_lgm=base)
+        items = [f"synthetic_{i:06d}" for i in range(args.synthetic)]
+    else:
+        if not args.era3d or base is None:
+            raise SystemExit("boost-data --images needs --era3d FOLDER and --lgm CHECKPOINT")
+        from ..era3d import load_era3d
+
+        era3d = load_era3d(args.era3d, device=device, dtype=None if args.dtype == "auto" else args.dtype)
+        gen = MVBoostGenerator(era3d, base, args.images, strength=args.strength, steps=args.steps,
+                               refine_steps=args.refine_steps, guidance=args.guidance, crop_size=args.crop_size)
+        items = list_images(args.images)
+    rep = generate_dataset(args.out, items, gen, seed=args.seed, verify=args.verify, on_error=args.on_error)
+    print(f"[rank {rep.rank}/{rep.world_size}] boost-data: {len(rep.generated)} generated, {len(rep.skipped)} "
+          f"already complete, {len(rep.regenerated)} regenerated, {len(rep.failed)} failed", flush=True)
+    return 1 if rep.failed else 0
+
+
+def cmd_train_lora(args) -> int:
+    from .train import TrainConfig, train_lora
+
+    fields = TrainConfig.__dataclass_fields__
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    train_lora(cfg)
+    return 0
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="mvboost", description="MVBoost boosting commands")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
