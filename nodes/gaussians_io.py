@@ -21,6 +21,7 @@ FORMATS = {  # widget value -> (file extension, mvboost_core.gaussians writer na
     "spz": ("spz", "save_spz", {}),
 }
 READERS = {".ply": "load_ply", ".splat": "load_splat", ".spz": "load_spz"}
+AXES = {"y_up (LGM)": False, "y_down (3DGS / ComfyUI splat)": True}  # widget value -> rotate 180° about x
 
 
 def _gio():
@@ -105,6 +106,10 @@ class MVBoostSaveGaussians:
                                             "Gaussians with opacity below this are dropped (LGM uses 0.005)."}),
                 "preview": ("BOOLEAN", {"default": True, "tooltip": "Render one front view as the node preview."}),
                 "preview_size": ("INT", {"default": 256, "min": 64, "max": 1024, "step": 8}),
+                "axes": (list(AXES), {"default": "y_up (LGM)", "tooltip":
+                                      "y_up keeps LGM's world as LGM writes it; y_down rotates 180° about x into the "
+                                      "3DGS frame ComfyUI's splat nodes (Preview Splat, Get Splat) assume, so the "
+                                      "file opens upright there."}),
             },
         }
 
@@ -112,9 +117,12 @@ class MVBoostSaveGaussians:
     RETURN_NAMES = ("path",)
     OUTPUT_TOOLTIPS = ("Saved file, relative to ComfyUI's output folder.",)
 
-    def save(self, gaussians, filename_prefix, format, prune_opacity=0.005, preview=True, preview_size=256):
+    def save(self, gaussians, filename_prefix, format, prune_opacity=0.005, preview=True, preview_size=256,
+             axes="y_up (LGM)"):
         if format not in FORMATS:
             raise ValueError(f"format {format!r} is not one of {list(FORMATS)}")
+        if axes not in AXES:
+            raise ValueError(f"axes {axes!r} is not one of {list(AXES)}")
         ext, writer_name, kwargs = FORMATS[format]
         writer = getattr(_gio(), writer_name, None)
         if writer is None:
@@ -124,16 +132,20 @@ class MVBoostSaveGaussians:
         folder, name, counter, sub, _ = C.get_save_image_path(filename_prefix, out_dir)
         fname = f"{name}_{counter:05}_.{ext}"
         full = os.path.join(folder, fname)
-        writer(gaussians, full, prune_opacity=prune_opacity, **kwargs)
+        to_write = gaussians
+        if AXES[axes]:
+            from ..mvboost_core.splat_convert import rotate_x180
+
+            to_write = rotate_x180(gaussians)
+        writer(to_write, full, prune_opacity=prune_opacity, **kwargs)
         rel = os.path.relpath(full, out_dir).replace(os.sep, "/")
         ui = {"text": [rel]}
         if preview:
             rgb, _ = _render_views(gaussians, [0.0], [0.0], 1.5, 49.1, int(preview_size), (1.0, 1.0, 1.0))
             ui.update(C.preview_images_ui(rgb, prefix="MVBoost_gaussians_preview"))
         result = (rel,)
-        extra = _file3d_output(full, ext)
-        if extra is not None:
-            result = result + (extra,)
+        if len(type(self).RETURN_TYPES) == 2:  # the host has the File3D types (see below)
+            result = result + (_file3d_output(full, ext),)
         return {"ui": ui, "result": result}
 
 
@@ -143,7 +155,7 @@ def _file3d_output(path: str, ext: str):
         from .splat_interop import make_host_file3d
     except Exception:
         return None
-    return make_host_file3d(path, ext) if _HOST_FILE3D_TYPE else None
+    return make_host_file3d(path, ext)
 
 
 def _host_file3d_type():

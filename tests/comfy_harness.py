@@ -849,6 +849,175 @@ class ComfyEnv:
         return result
 
 
+# ============================================================================ ComfyUI 2026 splat stack stand-in
+# Facts from the public 2026 ComfyUI source (comfy_api/latest, comfy_extras/nodes_gaussian.py); our own code.
+SH_C0 = 0.28209479177387814
+
+
+class SplatStandIn:
+    """Stand-in for core ``Types.SPLAT``: batched fields, 3DGS splat frame (y down), see splat_convert's table."""
+
+    def __init__(self, positions, scales, rotations, opacities, sh, counts=None):
+        self.positions = positions  # [B,N,3]
+        self.scales = scales  # [B,N,3] linear
+        self.rotations = rotations  # [B,N,4] wxyz
+        self.opacities = opacities  # [B,N,1] in [0,1]
+        self.sh = sh  # [B,N,K,3]
+        self.counts = counts  # [B] or None
+
+
+class File3DStandIn:
+    """Stand-in for core ``Types.File3D``: a path on disk or a binary stream plus a format string."""
+
+    def __init__(self, source, file_format: str = ""):
+        self._source = source
+        self.format = (file_format or (Path(source).suffix if isinstance(source, str) else "")).lstrip(".").lower()
+
+    def get_bytes(self) -> bytes:
+        if isinstance(self._source, str):
+            return Path(self._source).read_bytes()
+        self._source.seek(0)
+        return self._source.read()
+
+
+def make_comfy_api_2026() -> dict[str, types.ModuleType]:
+    """``comfy_api`` / ``comfy_api.latest`` stand-ins exposing the splat types (IO.Splat, IO.File3D*, Types)."""
+    latest = types.ModuleType("comfy_api.latest")
+    io = types.SimpleNamespace()
+    for attr, io_type in (("Splat", "SPLAT"), ("File3D", "FILE_3D"), ("File3DAny", "FILE_3D"),
+                          ("File3DPLY", "FILE_3D_PLY"), ("File3DSPLAT", "FILE_3D_SPLAT"),
+                          ("File3DSPZ", "FILE_3D_SPZ"), ("File3DKSPLAT", "FILE_3D_KSPLAT"),
+                          ("File3DSplatAny", "FILE_3D_SPLAT_ANY")):
+        setattr(io, attr, type(attr, (), {"io_type": io_type}))
+    latest.IO = latest.io = io
+    latest.Types = types.SimpleNamespace(SPLAT=SplatStandIn, File3D=File3DStandIn)
+    root = types.ModuleType("comfy_api")
+    root.__path__ = []
+    root.latest = latest
+    return {"comfy_api": root, "comfy_api.latest": latest}
+
+
+def parse_gaussian_ply_like_core(data: bytes):
+    """Parse a 3DGS .ply with the rules ComfyUI core's File3DToSplat uses -> numpy (xyz, scale, rot, opacity, sh).
+
+    binary_little_endian only; vertex properties by name; scale = exp(scale_i) (else 0.01); rot = normalised
+    rot_0..3 (wxyz, else identity); opacity = sigmoid (else 1); sh = [f_dc | f_rest reshaped channel-major (N,3,K-1)
+    -> (N,K-1,3)]; no axis change.
+    """
+    import numpy as np
+
+    dtypes = {"char": "i1", "uchar": "u1", "short": "i2", "ushort": "u2", "int": "i4", "uint": "u4",
+              "float": "f4", "double": "f8", "float32": "f4", "float64": "f8", "uint8": "u1", "int32": "i4"}
+    end = data.find(b"end_header")
+    if end < 0:
+        raise ValueError("not a PLY")
+    body = end + len(b"end_header") + (2 if data[end + 10:end + 12] == b"\r\n" else 1)
+    props, count, in_vertex = [], 0, False
+    for line in data[:end].decode("ascii").splitlines():
+        p = line.split()
+        if not p:
+            continue
+        if p[0] == "format" and p[1] != "binary_little_endian":
+            raise ValueError("need binary_little_endian")
+        if p[0] == "element":
+            in_vertex = p[1] == "vertex"
+            if in_vertex:
+                count = int(p[2])
+        elif p[0] == "property" and in_vertex:
+            props.append((p[2], "<" + dtypes[p[1]]))
+    arr = np.frombuffer(data, np.dtype(props), count=count, offset=body)
+    names = arr.dtype.names
+    c = lambda k: arr[k].astype(np.float32)  # noqa: E731
+    xyz = np.stack([c("x"), c("y"), c("z")], 1)
+    scale = np.exp(np.stack([c(f"scale_{i}") for i in range(3)], 1)) if "scale_0" in names \
+        else np.full((count, 3), 0.01, np.float32)
+    if "rot_0" in names:
+        rot = np.stack([c(f"rot_{i}") for i in range(4)], 1)
+        rot = rot / np.clip(np.linalg.norm(rot, axis=1, keepdims=True), 1e-12, None)
+    else:
+        rot = np.tile(np.array([1, 0, 0, 0], np.float32), (count, 1))
+    opacity = 1.0 / (1.0 + np.exp(-c("opacity"))) if "opacity" in names else np.ones(count, np.float32)
+    dc = np.stack([c("f_dc_0"), c("f_dc_1"), c("f_dc_2")], 1)
+    rest = sorted((k for k in names if k.startswith("f_rest_")), key=lambda k: int(k.split("_")[-1]))
+    if rest:
+        r = np.stack([c(k) for k in rest], 1)
+        k1 = r.shape[1] // 3
+        sh = np.concatenate([dc[:, None, :], r.reshape(count, 3, k1).transpose(0, 2, 1)], 1)
+    else:
+        sh = dc[:, None, :]
+    return xyz, scale, rot, opacity, sh
+
+
+def write_gaussian_ply_like_core(positions, scales, rotations, opacities, sh) -> bytes:
+    """Serialise one splat item the way core's Create 3D File (from Splat) writes .ply (full 3DGS layout).
+
+    x y z, nx ny nz (zeros), f_dc_0..2, f_rest_* channel-major, opacity = logit(clip(o, 1e-6, 1-1e-6)),
+    scale_i = log(clip(s, 1e-8)), rot_0..3 as given (wxyz). All float32, binary little endian.
+    """
+    import numpy as np
+
+    xyz = np.asarray(positions, np.float32)
+    n = xyz.shape[0]
+    f = np.asarray(sh, np.float32)
+    f_rest = f[:, 1:, :].transpose(0, 2, 1).reshape(n, -1)
+    op = np.clip(np.asarray(opacities, np.float32).reshape(n, 1), 1e-6, 1 - 1e-6)
+    cols = [xyz, np.zeros_like(xyz), f[:, 0, :], f_rest, np.log(op / (1 - op)),
+            np.log(np.clip(np.asarray(scales, np.float32), 1e-8, None)), np.asarray(rotations, np.float32)]
+    attrs = (["x", "y", "z", "nx", "ny", "nz"] + [f"f_dc_{i}" for i in range(3)]
+             + [f"f_rest_{i}" for i in range(f_rest.shape[1])] + ["opacity"]
+             + [f"scale_{i}" for i in range(3)] + [f"rot_{i}" for i in range(4)])
+    body = np.concatenate(cols, axis=1).astype("<f4")
+    header = ("ply\nformat binary_little_endian 1.0\n" + f"element vertex {n}\n"
+              + "".join(f"property float {a}\n" for a in attrs) + "end_header\n")
+    return header.encode("ascii") + body.tobytes()
+
+
+def _core_splat_nodes() -> dict:
+    """Stand-ins for core File3DToSplat ('Get Splat') and SplatToFile3D (.ply only), V1-style for the harness."""
+
+    class File3DToSplat:
+        CATEGORY = "3d/splat"
+        RETURN_TYPES = ("SPLAT",)
+        FUNCTION = "execute"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"model_3d": ("FILE_3D,FILE_3D_SPLAT_ANY,FILE_3D_PLY,FILE_3D_SPLAT,FILE_3D_KSPLAT,"
+                                              "FILE_3D_SPZ",)}}
+
+        def execute(self, model_3d):
+            import numpy as np
+            import torch
+
+            if (model_3d.format or "ply") != "ply":
+                raise NotImplementedError("the harness stand-in parses .ply only")
+            xyz, scale, rot, opacity, sh = parse_gaussian_ply_like_core(model_3d.get_bytes())
+            t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float()  # noqa: E731
+            return (SplatStandIn(t(xyz)[None], t(scale)[None], t(rot)[None], t(opacity).reshape(1, -1, 1),
+                                 t(sh)[None]),)
+
+    class SplatToFile3D:
+        CATEGORY = "3d/splat"
+        RETURN_TYPES = ("FILE_3D_SPLAT_ANY",)
+        FUNCTION = "execute"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"splat": ("SPLAT",), "format": (["ply", "ksplat", "spz"],)}}
+
+        def execute(self, splat, format="ply"):
+            import io as _io
+
+            if format != "ply":
+                raise NotImplementedError("the harness stand-in writes .ply only")
+            end = int(splat.counts[0]) if splat.counts is not None else splat.positions.shape[1]
+            data = write_gaussian_ply_like_core(*(getattr(splat, k)[0, :end].cpu().numpy() for k in
+                                                  ("positions", "scales", "rotations", "opacities", "sh")))
+            return (File3DStandIn(_io.BytesIO(data), file_format="ply"),)
+
+    return {"File3DToSplat": File3DToSplat, "SplatToFile3D": SplatToFile3D}
+
+
 # ============================================================================ pytest fixtures
 def _install(monkeypatch, env: ComfyEnv) -> None:
     for name, mod in env.modules.items():
@@ -862,6 +1031,31 @@ def comfy_env(tmp_path, monkeypatch) -> ComfyEnv:
     env = ComfyEnv(tmp_path / "comfy", package)
     _install(monkeypatch, env)
     # outside-ComfyUI fallbacks must never be used inside the harness
+    monkeypatch.setenv("MVBOOST_MODELS_DIR", str(tmp_path / "not_comfy_models"))
+    return env
+
+
+_COMFY_API_2026 = None
+
+
+@pytest.fixture
+def comfy_env_2026(tmp_path, monkeypatch) -> ComfyEnv:
+    """Like ``comfy_env`` but the host also has ComfyUI 2026's splat stack (stand-in ``comfy_api.latest`` with
+    ``Types.SPLAT`` / ``Types.File3D`` / ``IO.Splat`` / ``IO.File3DSplatAny``, core ``File3DToSplat`` and
+    ``SplatToFile3D`` nodes). The pack is imported again under another name, because it detects the host's types
+    at import time, the way it would inside a 2026 ComfyUI."""
+    global _COMFY_API_2026
+    if _COMFY_API_2026 is None:
+        _COMFY_API_2026 = make_comfy_api_2026()
+    for name, mod in _COMFY_API_2026.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    monkeypatch.setitem(sys.modules, "folder_paths", _make_folder_paths(tmp_path / "import_time"))
+    package = load_extension(name=comfy_module_name(REPO_ROOT) + "_host2026")
+    env = ComfyEnv(tmp_path / "comfy", package)
+    env.modules.update(_COMFY_API_2026)
+    env.core_nodes.update(_core_splat_nodes())
+    env.all_nodes = {**env.core_nodes, **env.nodes}
+    _install(monkeypatch, env)
     monkeypatch.setenv("MVBOOST_MODELS_DIR", str(tmp_path / "not_comfy_models"))
     return env
 
