@@ -205,3 +205,20 @@ print(repr((len(pkg.NODE_CLASS_MAPPINGS), heavy, torch.cuda.is_initialized(), ro
     assert n > 0
     assert heavy == [], f"importing the pack pulled in heavy modules {heavy}; import them inside functions"
     assert cuda_init is False
+
+
+def test_input_types_never_raise_outside_comfyui_with_missing_model_folders(tmp_path, monkeypatch):
+    """Plain Python (no folder_paths / comfy modules): every node still declares its inputs."""
+    for name in ("folder_paths", "comfy", "comfy.utils", "comfy.model_management", "comfy_api", "comfy_api.latest"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setenv("MVBOOST_MODELS_DIR", str(tmp_path / "does_not_exist"))
+    monkeypatch.setenv("MVBOOST_INPUT_DIR", str(tmp_path / "no_input_dir"))
+    pkg = load_extension()
+    c = importlib.import_module(pkg.__name__ + ".nodes._comfy")
+    assert not c.in_comfyui()
+    paths = c.get_folder_paths("lgm")
+    assert paths and all(Path(p).name == "lgm" for p in paths)
+    assert c.get_filename_list("lgm") == [] or all(f.endswith(".safetensors") for f in c.get_filename_list("lgm"))
+    for nid, cls in pkg.NODE_CLASS_MAPPINGS.items():
+        it = cls.INPUT_TYPES()
+        assert isinstance(it, dict) and "required" in it, nid
