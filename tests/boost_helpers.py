@@ -11,16 +11,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
-# Smallest LGM topology with cross-view attention in down, mid and up blocks (6 MVAttention -> 12 LoRA targets).
+# Smallest LGM topology with cross-view attention in down, mid and up blocks (8 MVAttention -> 16 LoRA targets).
 NANO_OPTIONS = {
-    "input_size": 32,
+    "input_size": 16,
     "down_channels": [32, 32, 64],
     "down_attention": [False, True, True],
     "mid_attention": True,
     "up_channels": [64, 32],
     "up_attention": [True, False],
-    "splat_size": 16,
-    "output_size": 32,
+    "splat_size": 8,
+    "output_size": 16,
     "name": "nano",
 }
 
@@ -74,3 +74,16 @@ def run_cli(args: list[str], nproc: int = 1, timeout: float = 600, check: bool =
         raise AssertionError(f"command failed ({p.returncode}): {' '.join(cmd)}\nSTDOUT:\n{p.stdout[-4000:]}\n"
                              f"STDERR:\n{p.stderr[-6000:]}")
     return p
+
+
+def one_thread():
+    """Generator for an autouse fixture: run a test module with 1 intra-op thread (on the shared 2-core machine
+    2 spinning OpenMP threads made these tiny models 10-50x slower), restoring the previous setting after."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
