@@ -17,6 +17,16 @@ from mvboost_core.era3d import Era3DConfigError, Era3DUNet, auto_dtype, normaliz
 TOL = dict(atol=1e-4, rtol=1e-4)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The micro UNet's ops are tiny: with 2 OpenMP threads on a shared, oversubscribed 2-core machine a forward
+    takes 10-30 s of wall time (spin-waiting) instead of ~1 s with one thread. Restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def era3d_dir(fixtures_dir):
     d = fixtures_dir / "era3d"
@@ -159,9 +169,9 @@ def test_from_folder_released_layout_fp16(tmp_path, era3d_dir, micro_config):
     (d / "config.json").write_text(json.dumps(cfg))
     ref = load_file(era3d_dir / "unet_micro.safetensors")
     save_file({k: v.half() for k, v in ref.items()}, str(d / "diffusion_pytorch_model.safetensors"))
-    u32 = Era3DUNet.from_folder(d)
+    sd32 = Era3DUNet.from_folder(d).state_dict()
     for k, v in ref.items():
-        assert torch.equal(u32.state_dict()[k], v.half().float()), k
+        assert sd32[k].dtype == torch.float32 and torch.equal(sd32[k], v.half().float()), k
     ubf = Era3DUNet.from_folder(d, dtype=torch.bfloat16)
     assert ubf.dtype == torch.bfloat16 and all(p.dtype == torch.bfloat16 for p in ubf.parameters())
 
