@@ -178,6 +178,43 @@ def lpips_backbone_file(net: str = "vgg") -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(_BACKBONE_URLS[net])
 
 
+def _build_lpips(net: str, spatial: bool) -> nn.Module:
+    """An ``lpips.LPIPS`` module with the v0.1 linear heads shipped in the lpips wheel and an *uninitialised* trunk.
+
+    The module is constructed on the meta device, so torchvision never allocates or initialises the unused VGG16 /
+    AlexNet classifier (102 M / 55 M parameters: ~0.4 GB and seconds of random init), then materialised on the CPU;
+    the caller fills the trunk (file or random init). The lin heads are loaded from the same file lpips itself uses
+    (``lpips/weights/v0.1/<net>.pth``) and the input scaling constants from a fresh ``lpips.ScalingLayer``.
+    """
+    import lpips  # lazy: imports torchvision
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torchvision's deprecated pretrained= argument
+        with torch.device("meta"):
+            model = lpips.LPIPS(net=net, pretrained=False, pnet_rand=True, spatial=spatial, verbose=False)
+    model.to_empty(device="cpu")
+    model.scaling_layer.load_state_dict(lpips.ScalingLayer().state_dict())
+    lin_file = Path(lpips.__file__).resolve().parent / "weights" / "v0.1" / f"{net}.pth"
+    lin_sd = torch.load(lin_file, map_location="cpu", weights_only=True)
+    lin_keys = {f"lin{i}.model.1.weight" for i in range(len(model.chns))}
+    if set(lin_sd) != lin_keys:
+        raise RuntimeError(f"unexpected keys in the lpips wheel's {lin_file}: {sorted(lin_sd)}")
+    model.load_state_dict(lin_sd, strict=False)
+    return model
+
+
+def _random_trunk(trunk: nn.Module, net: str) -> None:
+    """Random trunk weights like torchvision's constructors (VGG: kaiming-normal fan_out + zero bias; AlexNet:
+    PyTorch's default conv init). Only for ``pnet_rand=True`` (plumbing tests): the numbers mean nothing."""
+    for m in trunk.modules():
+        if isinstance(m, nn.Conv2d):
+            if net == "vgg":
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            else:
+                m.reset_parameters()
+
+
 class LPIPSLoss(nn.Module):
     """LPIPS v0.1 (``lpips`` package) on our image convention; a frozen, differentiable loss and a metric.
 
@@ -200,18 +237,14 @@ class LPIPSLoss(nn.Module):
             raise ValueError(f"LPIPSLoss: net must be 'vgg' or 'alex', got {net!r}")
         # find the trunk weights first, so a missing file fails fast (before building the network)
         path = None if pnet_rand else self._backbone_path(net, pretrained_path, download)
-        import lpips  # lazy: imports torchvision
-
-        with warnings.catch_warnings():
-            # lpips passes torchvision's deprecated ``pretrained=`` argument; with pnet_rand=True it means
-            # weights=None (no download). Silence the deprecation note.
-            warnings.simplefilter("ignore", UserWarning)
-            self.model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, spatial=spatial, verbose=False)
+        self.model = _build_lpips(net, spatial)
         self.net = net
         self.pnet_rand = pnet_rand
         self.weights_file: Path | None = path
         if path is not None:
             self._load_backbone(net, path)
+        else:
+            _random_trunk(self.model.net, net)
         self.model.requires_grad_(False)
         self.model.eval()
 

@@ -123,28 +123,40 @@ def test_ssim_is_differentiable():
 
 
 # ------------------------------------------------------------------------------------------------------ LPIPS
-@pytest.fixture(scope="module")
-def lpips_vgg_rand():
+def _package_lpips(net: str):
+    """The lpips package's own module, built the package's way (its lin heads, random trunk: no download)."""
+    import lpips
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return lpips.LPIPS(net=net, pnet_rand=True, verbose=False).eval()
+
+
+@pytest.mark.parametrize("net", ["vgg", "alex"])
+def test_lpips_matches_package_and_maps_range(net):
+    import lpips
+
     torch.manual_seed(0)
-    return LPIPSLoss(net="vgg", pnet_rand=True)
-
-
-def _direct_lpips(ours: LPIPSLoss):
-    """The lpips package's own module (same random trunk, shipped lin heads) called directly as the reference."""
-    import lpips
-
+    ours = LPIPSLoss(net=net, pnet_rand=True)
     assert isinstance(ours.model, lpips.LPIPS)
-    return ours.model
-
-
-def test_lpips_matches_package_and_maps_range(lpips_vgg_rand):
-    import lpips
-
-    ours = lpips_vgg_rand
-    ref = _direct_lpips(ours)
-    # the linear heads really are the v0.1 weights shipped in the lpips wheel
-    shipped = torch.load(lpips.__path__[0] + "/weights/v0.1/vgg.pth", map_location="cpu", weights_only=True)
-    torch.testing.assert_close(ours.model.lin0.model[1].weight, shipped["lin0.model.1.weight"])
+    if net == "alex":
+        # an independently built package module (building the package's VGG16 costs ~100 M wasted random inits,
+        # too slow for the suite; VGG is checked against the shipped files and the package's forward instead)
+        ref = _package_lpips(net)
+        ours.model.net.load_state_dict(ref.net.state_dict())  # same random trunk
+        sd_o, sd_r = ours.model.state_dict(), ref.state_dict()
+        assert sd_o.keys() == sd_r.keys()
+        for k in sd_r:  # lin heads and scaling constants identical to the package's own loading
+            assert torch.equal(sd_o[k], sd_r[k]), k
+    else:
+        ref = ours.model  # the package's forward on its own [-1,1] convention
+        shipped = torch.load(lpips.__path__[0] + "/weights/v0.1/vgg.pth", map_location="cpu", weights_only=True)
+        for i in range(5):
+            assert torch.equal(ours.model.lins[i].model[1].weight, shipped[f"lin{i}.model.1.weight"])
+        torch.testing.assert_close(ours.model.scaling_layer.shift.flatten(), torch.tensor([-0.030, -0.088, -0.188]))
+        torch.testing.assert_close(ours.model.scaling_layer.scale.flatten(), torch.tensor([0.458, 0.448, 0.450]))
+        assert all(torch.isfinite(p).all() and p.abs().sum() > 0 for p in ours.model.net.parameters()
+                   if p.ndim == 4)
     a = smooth_images(2, 32, 32, 11).float()
     b = smooth_images(2, 32, 32, 12).float()
     d = ours(a, b)
@@ -155,10 +167,11 @@ def test_lpips_matches_package_and_maps_range(lpips_vgg_rand):
         wrong = ref(a.permute(0, 3, 1, 2), b.permute(0, 3, 1, 2)).flatten()  # [0,1] fed as if it were [-1,1]
     torch.testing.assert_close(d, r, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(d, r_norm, rtol=1e-5, atol=1e-6)
-    assert (d - wrong).abs().max() > 1e-3  # the range convention matters, and we use the right one
+    assert (d - wrong).abs().max() > 1e-4  # the range convention matters, and we use the right one
     assert float(ours(a, a).abs().max()) < 1e-6
     torch.testing.assert_close(ours(a, b, reduction="mean"), d.mean())
     torch.testing.assert_close(ours(a[0], b[0]), d[:1])
+    torch.testing.assert_close(ours(a.permute(0, 3, 1, 2), b.permute(0, 3, 1, 2)), d)
 
 
 def test_lpips_is_a_differentiable_frozen_loss():
@@ -175,23 +188,15 @@ def test_lpips_is_a_differentiable_frozen_loss():
     assert torch.equal(d1, ours(a.detach(), b))  # deterministic (no dropout)
 
 
-def test_lpips_alex_and_cached_metric():
-    torch.manual_seed(1)
+def test_lpips_cached_metric():
     m = get_lpips("alex", pnet_rand=True)
     assert get_lpips("alex", pnet_rand=True) is m  # cached
-    import lpips
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False).eval()  # built independently by the package
-    ref.net.load_state_dict(m.model.net.state_dict())  # same random trunk; lin heads from the package's own loader
-    a = smooth_images(2, 64, 64, 15).float()
-    b = smooth_images(2, 64, 64, 16).float()
+    a = smooth_images(2, 32, 32, 15).float().requires_grad_(True)
+    b = smooth_images(2, 32, 32, 16).float()
     v = lpips_metric(a, b, net="alex", pnet_rand=True, reduction="none")
-    assert not v.requires_grad
-    with torch.no_grad():
-        r = ref(a.permute(0, 3, 1, 2), b.permute(0, 3, 1, 2), normalize=True).flatten()
-    torch.testing.assert_close(v, r, rtol=1e-5, atol=1e-6)
+    assert not v.requires_grad and v.shape == (2,)
+    torch.testing.assert_close(v, m(a, b).detach())
+    torch.testing.assert_close(lpips_metric(a, b, net="alex", pnet_rand=True), v.mean())
 
 
 def test_lpips_backbone_from_path_and_cache(tmp_path, monkeypatch):
