@@ -181,6 +181,14 @@ def test_a_broken_node_module_or_optional_backend_hides_no_other_node(tmp_path, 
         assert set(pkg.NODE_CLASS_MAPPINGS) == baseline
         errors = sys.modules[pkg.__name__ + ".nodes"].IMPORT_ERRORS
         assert set(errors) == {"zz_broken"}
+        # and the nodes still run (render backend "auto" falls back to the pure-torch rasterizer)
+        import torch
+
+        G = importlib.import_module(pkg.__name__ + ".mvboost_core.gaussians").Gaussians
+        g = G(means=torch.zeros(1, 3), opacities=torch.tensor([0.9]), scales=torch.full((1, 3), 0.1),
+              quats=torch.tensor([[1.0, 0, 0, 0]]), colors=torch.tensor([[1.0, 0, 0]]))
+        img, alpha = pkg.NODE_CLASS_MAPPINGS["MVBoostRenderGaussians"]().render(g, 1, 0.0, 1.5, 49.1, 16, "#000000")
+        assert img.shape == (1, 16, 16, 3) and float(alpha[0, 8, 8]) > 0.5
     finally:
         for k in [k for k in sys.modules if k == pkg.__name__ or k.startswith(pkg.__name__ + ".")]:
             del sys.modules[k]
