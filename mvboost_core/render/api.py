@@ -67,9 +67,9 @@ class RenderOptions:
     near_plane: float = 0.01
     eps2d: float = 0.3
     alpha_max: float = 0.99
-    tile_size: int = 16
+    tile_size: int = 8
     chunk: int = 32
-    max_step_elems: int = 1 << 22
+    max_step_elems: int = 1 << 19
     cull: bool = True
     backward: str = "custom"
 

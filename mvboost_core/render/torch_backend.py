@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .tiles import ALPHA_MIN, TileLists
@@ -156,116 +157,185 @@ def _transmittance(a: Tensor, T0: Tensor):
     return one_m, Tin, keep, Tex
 
 
+# ------------------------------------------------------------------------------------------ fast path
+# In tile-local pixel coordinates (x, y) (origin at the tile centre) the log-alpha of a pair is a quadratic
+#   s = log o - sigma = phi(x, y) . W,   phi = (x², xy, y², x, y, 1),
+#   W = (-A/2, -B, -C/2, A u' + B v', B u' + C v', log o - (A u'²/2 + B u' v' + C v'²/2)),
+# with (u', v') the mean relative to the tile centre. One batched matmul [P,6] x [6,B] per tile therefore
+# evaluates a whole chunk, and the backward gets dL/dW from another matmul. Tile-local coordinates keep every
+# term of the expansion of the order of sigma itself, so float32 stays accurate (the F2 tests check it).
+
+_FU, _FV, _FA, _FB, _FC, _FLO, _FR, _FZ = 0, 1, 2, 3, 4, 5, 6, 9
+_LOG_ALPHA_MIN = float(torch.log(torch.tensor(ALPHA_MIN, dtype=torch.float64)))
+
+
+def _pack_fast(means2d: Tensor, conic: Tensor, opac: Tensor, colors: Tensor, depth: Tensor) -> Tensor:
+    """[V,N,·] -> [V·N + 1, 10] table (u, v, A, B, C, log o, r, g, b, z); last row = padding (log o = -1e4)."""
+    V, N = depth.shape
+    logo = torch.log(opac.clamp_min(1e-30))
+    feat = torch.cat([means2d, conic, logo[..., None], colors, depth[..., None]], dim=-1).reshape(V * N, _NF)
+    pad = torch.zeros(1, _NF, dtype=feat.dtype, device=feat.device)
+    pad[0, _FLO] = -1e4
+    return torch.cat([feat, pad], 0)
+
+
+class _Fast:
+    """Shared per-chunk evaluation for the fast forward and backward."""
+
+    def __init__(self, sched: _Schedule, feat: Tensor, cfg: CompositeConfig) -> None:
+        self.sched, self.feat, self.cfg = sched, feat, cfg
+        lists = sched.lists
+        ts = lists.tile_size
+        dt, dev = feat.dtype, feat.device
+        loc = torch.arange(ts, device=dev, dtype=dt) + 0.5 - ts / 2.0
+        x = loc.repeat(ts)  # pixel p = ly * ts + lx
+        y = loc.repeat_interleave(ts)
+        self.phi = torch.stack([x * x, x * y, y * y, x, y, torch.ones_like(x)], dim=1)  # [P,6]
+        tv = torch.arange(lists.ntx * lists.nty, device=dev)
+        self.tcx = ((tv % lists.ntx) * ts + ts / 2.0).to(dt)  # tile centres
+        self.tcy = ((tv // lists.ntx) * ts + ts / 2.0).to(dt)
+        self.ntv = lists.ntx * lists.nty
+        # F.threshold keeps x > th: use the largest value below the limit so that x >= limit is kept
+        self.th_alpha = _below(ALPHA_MIN, dt)
+        self.th_T = _below(T_MIN, dt)
+
+    def chunk(self, tb: Tensor, start: Tensor):
+        """Evaluate the next chunk of tiles ``tb``: returns gid, f, (u', v'), s, raw alpha, alpha."""
+        gid, f = self.sched.gather(self.feat, tb, start, self.cfg.chunk)
+        tv = tb % self.ntv
+        up = f[:, :, _FU] - self.tcx[tv][:, None]  # [Tb,B]
+        vp = f[:, :, _FV] - self.tcy[tv][:, None]
+        A, Bc, Cc = f[:, :, _FA], f[:, :, _FB], f[:, :, _FC]
+        Au_Bv = A * up + Bc * vp
+        Bu_Cv = Bc * up + Cc * vp
+        const = f[:, :, _FLO] - 0.5 * (up * Au_Bv + vp * Bu_Cv)
+        W = torch.stack([-0.5 * A, -Bc, -0.5 * Cc, Au_Bv, Bu_Cv, const], dim=1)  # [Tb,6,B]
+        s = torch.bmm(self.phi.expand(tb.numel(), -1, -1), W)  # [Tb,P,B] log(o·exp(-sigma))
+        raw = torch.exp_(s)
+        # alpha < 1/255 -> 0 (skipped), then the alpha_max clamp; one fused pass each
+        a = F.threshold(raw, self.th_alpha, 0.0).clamp_max_(self.cfg.alpha_max)
+        return gid, f, up, vp, raw, a
+
+
+def _below(x: float, dtype) -> float:
+    """The largest ``dtype`` number strictly below ``dtype(x)`` (as a Python float)."""
+    t = torch.tensor(x, dtype=dtype)
+    return float(torch.nextafter(t, torch.tensor(-float("inf"), dtype=dtype)))
+
+
+_BIG = 1e30
+
+
+def _fast_step(fast: "_Fast", a: Tensor, T0: Tensor):
+    """Transmittance bookkeeping of one chunk (T0 = 0 for finished pixels).
+
+    Returns one_m = 1 - alpha, Tin (inclusive T after each pair), TinK (Tin where the pair is composited, else 0),
+    w = alpha·T_before for composited pairs, T_new (T after the chunk) and ``ended`` (pixel terminated here).
+    """
+    one_m = torch.rsub(a, 1.0)
+    Tin = torch.cumprod(one_m, dim=2).mul_(T0[:, :, None])
+    TinK = F.threshold(Tin, fast.th_T, 0.0)  # composited <=> T' >= 1e-4 (T only decreases: a prefix)
+    w = TinK * a / one_m  # alpha·T_before = alpha·T'/(1-alpha)
+    T_new = torch.minimum(F.threshold(Tin, fast.th_T, _BIG).amin(dim=2), T0)
+    ended = Tin[:, :, -1] < T_MIN
+    return one_m, Tin, TinK, w, T_new, ended
+
+
 def _forward_impl(feat: Tensor, sched: _Schedule, bg: Tensor, cfg: CompositeConfig):
-    """No-grad forward. Returns tile-layout C [n,P,3], D [n,P], T [n,P] and the number of pairs evaluated."""
+    """No-grad forward. Returns tile-layout CD [n,P,4] (rgb sum, depth sum), T [n,P], pairs evaluated."""
     lists = sched.lists
     n, P = lists.n_tiles, sched.P
     dt, dev = feat.dtype, feat.device
+    fast = _Fast(sched, feat, cfg)
     T = torch.ones(n, P, dtype=dt, device=dev)
-    C = torch.zeros(n, P, 3, dtype=dt, device=dev)
-    D = torch.zeros(n, P, dtype=dt, device=dev)
+    CD = torch.zeros(n, P, 4, dtype=dt, device=dev)
     done = sched.outside.clone()
     pairs = 0
     for tb, start in sched.steps(cfg.chunk, cfg.max_step_elems, done):
-        _, f = sched.gather(feat, tb, start, cfg.chunk)
-        px, py = sched.pixels(tb)
-        _, _, _, _, a = _alpha(f, px, py, cfg.alpha_max)
+        gid, f, _, _, raw, a = fast.chunk(tb, start)
         dn = done[tb]
-        a = a.masked_fill(dn[:, :, None], 0.0)
-        T0 = T[tb]
-        one_m, Tin, keep, Tex = _transmittance(a, T0)
-        w = torch.where(keep, a * Tex, torch.zeros_like(a))
-        C[tb] += torch.bmm(w, f[:, :, _R:_R + 3])
-        D[tb] += torch.bmm(w, f[:, :, _Z:_Z + 1]).squeeze(-1)
-        T[tb] = torch.where(keep, Tin, T0[:, :, None]).amin(dim=2)
-        done[tb] = dn | ~keep[:, :, -1]
+        T_old = T[tb]
+        T0 = T_old.masked_fill(dn, 0.0)  # finished pixels: T0 = 0 -> nothing kept
+        one_m, Tin, TinK, w, T_new, ended = _fast_step(fast, a, T0)
+        CD[tb] += torch.bmm(w, f[:, :, _FR:_FR + 4])  # (r, g, b, z)
+        T[tb] = torch.where(dn, T_old, T_new)
+        done[tb] = dn | ended
         pairs += a.numel()
         sched.stats["n_steps"] += 1
     sched.stats["n_pairs"] += pairs
-    return C, D, T, pairs
+    return CD, T, pairs
 
 
 class _Composite(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means2d, conic, opac, colors, depth, bg, sched, cfg):
-        feat = _pack(means2d, conic, opac, colors, depth)
-        C, D, T, pairs = _forward_impl(feat, sched, bg, cfg)
-        V = depth.shape[0]
+        feat = _pack_fast(means2d, conic, opac, colors, depth)
+        CD, T, pairs = _forward_impl(feat, sched, bg, cfg)
         ntv = sched.lists.ntx * sched.lists.nty
         bg_t = bg.repeat_interleave(ntv, dim=0)[:, None, :]  # [n,1,3]
-        rgb = sched.to_image(C + T[:, :, None] * bg_t)
+        rgb = sched.to_image(CD[:, :, :3] + T[:, :, None] * bg_t)
         alpha = sched.to_image((1.0 - T)[:, :, None])
-        dep = sched.to_image(D[:, :, None])
-        ctx.save_for_backward(feat, C, D, T, bg)
+        dep = sched.to_image(CD[:, :, 3:4])
+        ctx.save_for_backward(feat, CD, T, bg, opac)
         ctx.sched, ctx.cfg, ctx.shape = sched, cfg, tuple(depth.shape)
-        ctx.pairs = pairs
         return rgb, alpha, dep
 
     @staticmethod
     def backward(ctx, g_rgb, g_alpha, g_depth):
-        feat, Ctot, Dtot, Tf, bg = ctx.saved_tensors
+        feat, CDtot, Tf, bg, opac = ctx.saved_tensors
         sched, cfg = ctx.sched, ctx.cfg
         V, N = ctx.shape
         lists = sched.lists
         ntv = lists.ntx * lists.nty
         dt, dev = feat.dtype, feat.device
         n, P = lists.n_tiles, sched.P
-        gC = sched.to_tiles(g_rgb if g_rgb is not None else feat.new_zeros(V, sched.height, sched.width, 3))
-        gA = sched.to_tiles(g_alpha if g_alpha is not None else feat.new_zeros(V, sched.height, sched.width, 1))[..., 0]
-        gD = sched.to_tiles(g_depth if g_depth is not None else feat.new_zeros(V, sched.height, sched.width, 1))[..., 0]
+        H, W = sched.height, sched.width
+        z3 = feat.new_zeros(V, H, W, 3)
+        z1 = feat.new_zeros(V, H, W, 1)
+        gCD = torch.cat([sched.to_tiles(g_rgb if g_rgb is not None else z3),
+                         sched.to_tiles(g_depth if g_depth is not None else z1)], dim=-1)  # [n,P,4]
+        gA = sched.to_tiles(g_alpha if g_alpha is not None else z1)[..., 0]
         bg_t = bg.repeat_interleave(ntv, dim=0)[:, None, :]
-        grad_bg = (gC * Tf[:, :, None]).reshape(V, ntv * P, 3).sum(1)
-        S_tot = (gC * Ctot).sum(-1) + gD * Dtot  # [n,P]
-        R_f = Tf * ((gC * bg_t).sum(-1) - gA)  # terms through the final transmittance
+        grad_bg = (gCD[:, :, :3] * Tf[:, :, None]).reshape(V, ntv * P, 3).sum(1)
+        S_tot = (gCD * CDtot).sum(-1)  # [n,P] Σ_k w_k q_k
+        R_f = S_tot + Tf * ((gCD[:, :, :3] * bg_t).sum(-1) - gA)  # everything behind (and through) T_final
+        fast = _Fast(sched, feat, cfg)
+        phiT = fast.phi.t().contiguous()  # [6,P]
         gfeat = torch.zeros(V * N + 1, _NF, dtype=dt, device=dev)
         T = torch.ones(n, P, dtype=dt, device=dev)
         S = torch.zeros(n, P, dtype=dt, device=dev)
         done = sched.outside.clone()
         for tb, start in sched.steps(cfg.chunk, cfg.max_step_elems, done):
-            gid, f = sched.gather(feat, tb, start, cfg.chunk)
-            px, py = sched.pixels(tb)
-            dx, dy, e, raw, a = _alpha(f, px, py, cfg.alpha_max)
+            gid, f, up, vp, raw, a = fast.chunk(tb, start)
             dn = done[tb]
-            a = a.masked_fill(dn[:, :, None], 0.0)
-            T0 = T[tb]
-            one_m, Tin, keep, Tex = _transmittance(a, T0)
-            live = keep & (a > 0)
-            w = torch.where(live, a * Tex, torch.zeros_like(a))
-            gCb = gC[tb]  # [Tb,P,3]
-            gDb = gD[tb]
-            col = f[:, :, _R:_R + 3]
-            z = f[:, :, _Z]
-            q = torch.bmm(gCb, col.transpose(1, 2)) + gDb[:, :, None] * z[:, None, :]  # [Tb,P,B]
-            Sin = S[tb][:, :, None] + torch.cumsum(w * q, dim=2)
-            rest = S_tot[tb][:, :, None] - Sin + R_f[tb][:, :, None]
-            ga = Tex * q - rest / one_m
-            # d alpha / d(o, sigma) only where the 0.99 clamp is inactive
-            unclamped = live & (raw <= cfg.alpha_max)
-            ga = torch.where(unclamped, ga, torch.zeros_like(ga))
-            g_o = (ga * e).sum(1)  # [Tb,B]
-            gs = ga * a  # = -dL/dsigma
-            gsdx, gsdy = gs * dx, gs * dy
-            sdx, sdy = gsdx.sum(1), gsdy.sum(1)
-            g_u = 2 * f[:, :, _HA] * sdx + f[:, :, _B] * sdy
-            g_v = f[:, :, _B] * sdx + 2 * f[:, :, _HC] * sdy
-            g_hA = -(gsdx * dx).sum(1)  # d sigma / d(A/2) = dx²
-            g_B = -(gsdx * dy).sum(1)
-            g_hC = -(gsdy * dy).sum(1)
-            g_col = torch.bmm(w.transpose(1, 2), gCb)  # [Tb,B,3]
-            g_z = (w * gDb[:, :, None]).sum(1)
-            gpair = torch.stack([g_u, g_v, g_hA, g_B, g_hC, g_o, g_z], dim=-1)
-            gpair = torch.cat([gpair, g_col], dim=-1)  # [Tb,B,10]
+            T_old = T[tb]
+            T0 = T_old.masked_fill(dn, 0.0)
+            one_m, Tin, TinK, w, T_new, ended = _fast_step(fast, a, T0)
+            colz = f[:, :, _FR:_FR + 4]  # [Tb,B,4] (r, g, b, z)
+            gb = gCD[tb]  # [Tb,P,4]
+            q = torch.bmm(gb, colz.transpose(1, 2))  # [Tb,P,B] dL/d(w)
+            Sin = torch.cumsum(w * q, dim=2).add_(S[tb][:, :, None])
+            rest = R_f[tb][:, :, None] - Sin  # Σ_{j>k} w_j q_j + T_f (gC·bg - gA)
+            ga = (TinK * q - rest).div_(one_m)  # dL/d alpha_k (= T_before q - rest/(1-alpha)) where composited
+            # alpha = exp(s) where composited and not clamped: dL/ds = ga·alpha; else no dependence on s
+            gs = torch.where((TinK > 0) & (a == raw), ga.mul_(a), torch.zeros_like(a))
+            G = torch.bmm(phiT.expand(tb.numel(), -1, -1), gs)  # [Tb,6,B] dL/dW
+            g_colz = torch.bmm(w.transpose(1, 2), gb)  # [Tb,B,4]
+            A, Bc, Cc = f[:, :, _FA], f[:, :, _FB], f[:, :, _FC]
+            G0, G1, G2, G3, G4, G5 = G.unbind(1)
+            g_A = -0.5 * G0 + up * G3 - 0.5 * up * up * G5
+            g_B = -G1 + vp * G3 + up * G4 - up * vp * G5
+            g_C = -0.5 * G2 + vp * G4 - 0.5 * vp * vp * G5
+            g_u = A * G3 + Bc * G4 - (A * up + Bc * vp) * G5
+            g_v = Bc * G3 + Cc * G4 - (Bc * up + Cc * vp) * G5
+            gpair = torch.cat([torch.stack([g_u, g_v, g_A, g_B, g_C, G5], dim=-1), g_colz], dim=-1)  # feat order
             gfeat.index_add_(0, gid.reshape(-1), gpair.reshape(-1, _NF))
-            S[tb] = Sin[:, :, -1]
-            T[tb] = torch.where(keep, Tin, T0[:, :, None]).amin(dim=2)
-            done[tb] = dn | ~keep[:, :, -1]
+            S[tb] = torch.where(dn, S[tb], Sin[:, :, -1])
+            T[tb] = torch.where(dn, T_old, T_new)
+            done[tb] = dn | ended
         g = gfeat[:-1].reshape(V, N, _NF)
-        g_means2d = g[..., 0:2]
-        g_conic = torch.stack([0.5 * g[..., _HA], g[..., _B], 0.5 * g[..., _HC]], dim=-1)
-        g_opac = g[..., _O]
-        g_depth_in = g[..., _Z]
-        g_colors = g[..., _R:_R + 3]
-        return g_means2d, g_conic, g_opac, g_colors, g_depth_in, grad_bg, None, None
+        g_opac = torch.where(opac > 0, g[..., _FLO] / opac.clamp_min(1e-30), torch.zeros_like(opac))
+        return g[..., 0:2], g[..., _FA:_FC + 1], g_opac, g[..., _FR:_FR + 3], g[..., _FZ], grad_bg, None, None
 
 
 def composite(means2d, conic, opac, colors, depth, bg, sched: _Schedule, cfg: CompositeConfig):
