@@ -8,13 +8,20 @@ State-dict keys and shapes equal the reference exactly (``unet.*`` + a final 1x1
 * skip tensors that the decoder never reads (the full-resolution ones) are not kept, and every other skip is
   released as soon as it is consumed;
 * without autograd, element-wise ops run in place, so inference holds few activation copies;
-* gaussian activations are applied in float32 whatever the compute dtype.
+* gaussian activations are applied in float32 whatever the compute dtype;
+* the weights' storage dtype and the activations' compute dtype may differ (:attr:`LGM.compute_dtype`): e.g.
+  bf16 weights (half the memory) computed in float32 on CPUs without native bf16 kernels, where bf16
+  convolutions are ~9x slower than fp32; layers cast their weights on the fly, one layer at a time;
+* an optional channels-last activation layout (:meth:`LGM.set_compute`), off by default: it speeds up the
+  high-resolution CPU convolutions by ~30%, but PyTorch's channels-last GroupNorm kernel on CPU is ~100x less
+  accurate (1.9e-4 vs 1.3e-6 max error on a 256² map), which breaks the fp32 parity tolerances.
 
 Tensor layout: the 4 views of a sample are folded into the batch (``[B*4, C, H, W]``) everywhere except inside
 the multi-view attention, which attends jointly over the tokens of all 4 views (token = ``v*H*W + row*W + col``).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -23,7 +30,7 @@ from torch import Tensor, nn
 
 from .config import LGMConfig, get_config
 
-__all__ = ["LGM", "UNet", "MVAttention", "ResnetBlock", "gaussians_from_raw", "NUM_VIEWS"]
+__all__ = ["LGM", "UNet", "cpu_has_native", "MVAttention", "ResnetBlock", "gaussians_from_raw", "NUM_VIEWS"]
 
 NUM_VIEWS = 4  # hard-coded in the reference network
 IN_CHANNELS = 9  # RGB (ImageNet-normalised) + 6 Plücker channels
@@ -33,8 +40,39 @@ HEADS = 16
 LAYERS_PER_BLOCK = 2
 
 
-def _norm(c: int) -> nn.GroupNorm:
-    return nn.GroupNorm(32, c, eps=1e-5, affine=True)
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose weights may be stored in a narrower dtype than the activations: they are cast to the
+    input's dtype on the fly (a no-op when the dtypes agree). Same state-dict keys as ``nn.Conv2d``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        w, b = self.weight, self.bias
+        if w.dtype != x.dtype:
+            w, b = w.to(x.dtype), (b.to(x.dtype) if b is not None else None)
+        return self._conv_forward(x, w, b)
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` with on-the-fly weight casting (see :class:`Conv2d`); still an ``nn.Linear`` for peft."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        w, b = self.weight, self.bias
+        if w.dtype != x.dtype:
+            w, b = w.to(x.dtype), (b.to(x.dtype) if b is not None else None)
+        return F.linear(x, w, b)
+
+
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` with on-the-fly weight casting (see :class:`Conv2d`)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        w, b = self.weight, self.bias
+        if w.dtype != x.dtype:
+            w, b = w.to(x.dtype), b.to(x.dtype)
+        return F.group_norm(x, self.num_groups, w, b, self.eps)
+
+
+def _norm(c: int) -> GroupNorm:
+    return GroupNorm(32, c, eps=1e-5, affine=True)
 
 
 def _silu(x: Tensor) -> Tensor:
@@ -55,10 +93,10 @@ class ResnetBlock(nn.Module):
     def __init__(self, cin: int, cout: int):
         super().__init__()
         self.norm1 = _norm(cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, 1, 1)
+        self.conv1 = Conv2d(cin, cout, 3, 1, 1)
         self.norm2 = _norm(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
-        self.shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+        self.conv2 = Conv2d(cout, cout, 3, 1, 1)
+        self.shortcut = Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:  # [BV,cin,H,W] -> [BV,cout,H,W]
         h = self.conv1(_silu(self.norm1(x)))
@@ -75,8 +113,8 @@ class Attention(nn.Module):
         if dim % num_heads:
             raise ValueError(f"attention dim {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.proj = nn.Linear(dim, dim, bias=True)
+        self.qkv = Linear(dim, 3 * dim, bias=False)
+        self.proj = Linear(dim, dim, bias=True)
 
     def forward(self, x: Tensor) -> Tensor:  # [B,N,C] -> [B,N,C]
         B, N, C = x.shape
@@ -114,7 +152,7 @@ class DownBlock(nn.Module):
         super().__init__()
         self.nets = nn.ModuleList([ResnetBlock(cin if i == 0 else cout, cout) for i in range(LAYERS_PER_BLOCK)])
         self.attns = nn.ModuleList([MVAttention(cout) for _ in range(LAYERS_PER_BLOCK)]) if attention else None
-        self.downsample = nn.Conv2d(cout, cout, 3, 2, 1) if downsample else None
+        self.downsample = Conv2d(cout, cout, 3, 2, 1) if downsample else None
 
     def forward(self, x: Tensor, keep) -> tuple[Tensor, list]:
         """Returns the output and the skips, each ``None`` when ``keep()`` says the decoder never reads it."""
@@ -155,7 +193,7 @@ class UpBlock(nn.Module):
             nets.append(ResnetBlock(c_x + c_skip, cout))
         self.nets = nn.ModuleList(nets)
         self.attns = nn.ModuleList([MVAttention(cout) for _ in range(n)]) if attention else None
-        self.upsample = nn.Conv2d(cout, cout, 3, 1, 1) if upsample else None
+        self.upsample = Conv2d(cout, cout, 3, 1, 1) if upsample else None
 
     def forward(self, x: Tensor, skips: list) -> Tensor:
         for i, net in enumerate(self.nets):
@@ -174,7 +212,7 @@ class UNet(nn.Module):
     def __init__(self, cfg: LGMConfig):
         super().__init__()
         d, u = cfg.down_channels, cfg.up_channels
-        self.conv_in = nn.Conv2d(IN_CHANNELS, d[0], 3, 1, 1)
+        self.conv_in = Conv2d(IN_CHANNELS, d[0], 3, 1, 1)
         self.down_blocks = nn.ModuleList(
             DownBlock(d[max(i - 1, 0)], d[i], cfg.down_attention[i], downsample=i != len(d) - 1)
             for i in range(len(d))
@@ -187,7 +225,7 @@ class UNet(nn.Module):
             up.append(UpBlock(cin, cprev, u[i], cfg.up_attention[i], upsample=i != len(u) - 1))
         self.up_blocks = nn.ModuleList(up)
         self.norm_out = _norm(u[-1])
-        self.conv_out = nn.Conv2d(u[-1], OUT_CHANNELS, 3, 1, 1)
+        self.conv_out = Conv2d(u[-1], OUT_CHANNELS, 3, 1, 1)
         n_skips = 1 + sum(LAYERS_PER_BLOCK + (0 if blk.downsample is None else 1) for blk in self.down_blocks)
         self._unused_skips = n_skips - (LAYERS_PER_BLOCK + 1) * len(u)
 
@@ -204,6 +242,21 @@ class UNet(nn.Module):
         for blk in self.up_blocks:
             x = blk(x, skips)
         return self.conv_out(_silu(self.norm_out(x)))
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_native(dtype: torch.dtype) -> bool:
+    """Whether this CPU has fast oneDNN kernels for ``dtype`` (bf16: avx512_bf16/AMX; fp16: avx512_fp16/AMX)."""
+    if dtype == torch.float32:
+        return True
+    try:
+        if dtype == torch.bfloat16:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        if dtype == torch.float16:
+            return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    except (AttributeError, RuntimeError):
+        pass
+    return False
 
 
 def gaussians_from_raw(raw: Tensor) -> Tensor:
@@ -233,7 +286,15 @@ class LGM(nn.Module):
         super().__init__()
         self.config = get_config(config)
         self.unet = UNet(self.config)
-        self.conv = nn.Conv2d(OUT_CHANNELS, OUT_CHANNELS, 1)  # final 1x1 (key ``conv.*``)
+        self.conv = Conv2d(OUT_CHANNELS, OUT_CHANNELS, 1)  # final 1x1 (key ``conv.*``)
+        self.compute_dtype: torch.dtype | None = None  # None: the weights' dtype
+        self.channels_last: bool = False
+
+    def set_compute(self, dtype: torch.dtype | None = None, channels_last: bool = False) -> "LGM":
+        """Choose the activation dtype (``None`` = the weights' dtype) and memory format; returns ``self``."""
+        self.compute_dtype = dtype
+        self.channels_last = channels_last
+        return self
 
     @property
     def dtype(self) -> torch.dtype:
@@ -242,6 +303,16 @@ class LGM(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.conv.weight.device
+
+    def resolved_compute_dtype(self) -> torch.dtype:
+        """The activation dtype used now: :attr:`compute_dtype` if set, else the weights' dtype, except that
+        bf16/fp16 weights on a CPU without native kernels for them compute in float32."""
+        if self.compute_dtype is not None:
+            return self.compute_dtype
+        wdt = self.dtype
+        if self.device.type == "cpu" and wdt in (torch.bfloat16, torch.float16) and not cpu_has_native(wdt):
+            return torch.float32
+        return wdt
 
     def forward_raw(self, x: Tensor) -> Tensor:
         """``[B,4,9,S,S]`` -> raw head output ``[B,4,14,s,s]`` in the compute dtype (before activations)."""
@@ -254,7 +325,10 @@ class LGM(nn.Module):
         S = self.config.input_size
         if (H, W) != (S, S):
             raise ValueError(f"LGM config {self.config.name!r} expects {S}x{S} inputs, got {H}x{W}")
-        h = x.reshape(B * V, C, H, W).to(device=self.device, dtype=self.dtype)
+        cdt = self.resolved_compute_dtype()
+        h = x.reshape(B * V, C, H, W).to(device=self.device, dtype=cdt)
+        if self.channels_last:
+            h = h.contiguous(memory_format=torch.channels_last)
         h = self.conv(self.unet(h))
         return h.reshape(B, V, OUT_CHANNELS, h.shape[-2], h.shape[-1])
 
