@@ -61,9 +61,11 @@ def env() -> dict:
 
 
 def run_cli(args: list[str], nproc: int = 1, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``mvboost_core.boost.cli`` as ``python -m`` (nproc=1) or ``accelerate launch --cpu --num_processes N``."""
+    """Run ``mvboost_core.boost.cli`` as ``python -m`` (nproc=1) or ``accelerate launch --multi_gpu
+    --num_processes N`` (torchrun; on this CPU-only machine the processes pick accelerate's MULTI_CPU/gloo mode --
+    ``accelerate launch --cpu`` starts a single process unless MPI is installed)."""
     if nproc > 1:
-        cmd = [PY, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(nproc),
+        cmd = [PY, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(29500 + (os.getpid() % 2000)),
                "-m", "mvboost_core.boost.cli", *args]

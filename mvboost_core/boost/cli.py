@@ -8,6 +8,10 @@ Both run as one process or under ``accelerate launch`` (multi-GPU / multi-node),
         --lgm models/lgm/model_fp16_fixrot.safetensors --out models/lgm_loras/boost.safetensors \\
         --mixed-precision bf16 --save-every 500
 
+On a machine without CUDA, several CPU processes are started with the torchrun-based launcher:
+``accelerate launch --multi_gpu --num_processes 2 -m ...`` (``--cpu`` alone makes accelerate start a single
+process unless MPI is set up); the processes detect the missing GPU and use the gloo backend.
+
 This module also runs on its own (``python -m mvboost_core.boost.cli boost-data ...``).
 """
 from __future__ import annotations
@@ -103,11 +107,12 @@ def register(subparsers) -> None:
 
 def _device(arg: str):
     import torch
-    from accelerate import PartialState
+
+    from .dataset import partial_state
 
     if arg != "auto":
         return torch.device(arg)
-    return PartialState().device
+    return partial_state().device
 
 
 def cmd_boost_data(args) -> int:

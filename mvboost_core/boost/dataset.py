@@ -514,6 +514,22 @@ def write_manifest(root: str | os.PathLike, generator: str | None = None, settin
     return man
 
 
+def launched_on_cpu() -> bool:
+    """True when this process belongs to a multi-process launch (torchrun / ``accelerate launch``) on a machine
+    without CUDA, or ``ACCELERATE_USE_CPU`` is set: accelerate then needs ``cpu=True`` to pick the gloo backend
+    (its ``--multi_gpu`` launcher is torchrun, which works for CPU processes too)."""
+    flag = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("LOCAL_RANK", "-1")) != -1
+    return flag or (distributed and not torch.cuda.is_available())
+
+
+def partial_state():
+    """accelerate's ``PartialState`` (initialises torch.distributed under a launcher, CPU-aware)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=launched_on_cpu())
+
+
 @dataclass
 class GenerationReport:
     """What one process did."""
@@ -550,9 +566,7 @@ def generate_dataset(
     """
     state = None
     if rank is None or world_size is None:
-        from accelerate import PartialState
-
-        state = PartialState()
+        state = partial_state()
         rank, world_size = state.process_index, state.num_processes
         barrier = barrier or state.wait_for_everyone
         is_main = state.is_main_process if is_main is None else is_main

@@ -239,8 +239,10 @@ def train_lora(cfg: TrainConfig) -> TrainResult:
         raise ValueError("--steps, --batch-size and --grad-accum must be >= 1")
     if cfg.lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"--lr-schedule must be constant or cosine, got {cfg.lr_schedule!r}")
+    from .dataset import launched_on_cpu
+
     acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
-                      cpu=cfg.cpu)
+                      cpu=cfg.cpu or launched_on_cpu())
     ds = BoostDataset(cfg.data)
     lgm_cfg = cfg.lgm_config
     model = load_lgm(cfg.lgm, config=lgm_cfg, device=acc.device, dtype=torch.float32)
