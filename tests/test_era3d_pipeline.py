@@ -324,29 +324,31 @@ def test_denoise_from_images_strength_semantics(pipe, reference_run):
     rt = pipe.decode_latents(pipe.encode_images(torch.cat([normals, colors]))).permute(0, 2, 3, 1)
     assert torch.equal(r0.normals.images, rt[:6]) and torch.equal(r0.colors.images, rt[6:])
     assert r0.info["denoise_steps"] == 0
-    # strength 1: the inputs are ignored; identical to a fresh generation with the same seed
+    # strength 1: the inputs are ignored; identical to a fresh generation with the same seed (guidance 1 = no CFG,
+    # a 12-sample batch, to keep the test fast)
     calls = []
-    r1 = pipe.denoise_from_images(normals, colors, cond_image, strength=1.0, steps=2, seed=3, eta=1.0,
-                                  callback=lambda d, n, x: calls.append(n))
-    r1b = pipe.denoise_from_images(None, torch.rand_like(colors), cond_image, strength=1.0, steps=2, seed=3)
-    g = pipe.generate_from_condition_image(cond_image, seed=3, steps=2, eta=1.0)
-    assert torch.equal(r1.colors.images, g.colors.images) and torch.equal(r1b.colors.images, g.colors.images)
+    kw = dict(steps=2, seed=3, eta=1.0, guidance=1.0)
+    r1 = pipe.denoise_from_images(normals, colors, cond_image, strength=1.0, callback=lambda d, n, x: calls.append(n),
+                                  **kw)
+    g = pipe.generate_from_condition_image(cond_image, **kw)
+    assert torch.equal(r1.colors.images, g.colors.images)
+    assert torch.equal(r1.normals.images, g.normals.images)
     assert calls == [2, 2]
     # strength 0.5 of 4 steps: start at grid index 2, run 2 steps from x_t = add_noise(x0, eps, t)
     tr: dict = {}
-    r5 = pipe.denoise_from_images(normals, colors, cond_image, strength=0.5, steps=4, seed=5, eta=0.0, trace=tr)
+    kw = dict(steps=4, seed=5, eta=0.0, guidance=1.0)
+    r5 = pipe.denoise_from_images(normals, colors, cond_image, strength=0.5, trace=tr, **kw)
     sched = pipe.make_scheduler()
     sched.set_timesteps(4)
     assert torch.equal(tr["timesteps"], sched.timesteps[2:]) and r5.info["start_timestep"] == int(sched.timesteps[2])
+    assert len(tr["unet_sample"]) == 2 and r5.info["denoise_steps"] == 2
     g5 = torch.Generator().manual_seed(5)
     torch.randn((12, 16), generator=g5)  # the unCLIP noise comes first
     eps = torch.randn((12, 4, 16, 16), generator=g5)
     x0 = tr["init_latents_clean"]
+    _close(x0, pipe.encode_images(torch.cat([normals, colors])), 0, 0, "x0")
     xt = sched.add_noise(x0, eps, sched.timesteps[2].reshape(1).expand(12))
-    assert torch.equal(tr["unet_sample"][0][6:12, :4], xt[:6])
-    # the result depends on the given views at strength 0.5
-    r5b = pipe.denoise_from_images(normals, torch.rand_like(colors), cond_image, strength=0.5, steps=4, seed=5, eta=0.0)
-    assert (r5.colors.images - r5b.colors.images).abs().max() > 1e-3
+    assert torch.equal(tr["unet_sample"][0][:, :4], xt)  # the given views enter the first UNet input
     with pytest.raises(ValueError, match="strength"):
         pipe.denoise_from_images(normals, colors, cond_image, strength=1.5)
     with pytest.raises(Era3DInputError, match=r"\[N,128,128,3\]"):
@@ -366,7 +368,8 @@ def test_bf16_pipeline_stays_close_to_fp32(era3d_dir, io, reference_run):
     mse = float(((a - b) ** 2).mean())
     psnr = 10 * math.log10(1.0 / max(mse, 1e-12))
     print(f"bf16 vs fp32 micro pipeline PSNR: {psnr:.1f} dB")
-    assert psnr > 25.0
+    assert psnr > 30.0  # measured 36 dB (bf16 UNet + CLIP, fp32 VAE)
+    assert p16.vae.dtype == torch.float32 and p16.image_encoder.dtype == torch.bfloat16
 
 
 # ------------------------------------------------------------------------------------ ComfyUI nodes

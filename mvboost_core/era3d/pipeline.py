@@ -19,8 +19,9 @@ Conventions (every tensor of this module):
   ``[12,4,h,w]`` DDIM variance noise per step when ``eta > 0``. Results therefore do not depend on the compute
   device or dtype beyond rounding. (Upstream drew in the weights' dtype on CUDA; seeds do not carry over bit-wise.)
 
-Precision: the UNet, VAE and CLIP image encoder run in the pipeline's dtype (fp32; bf16 is a CPU option; fp16 is
-for CUDA); the unCLIP noising, the CFG combination and the DDIM update always run in float32.
+Precision: the UNet and CLIP image encoder run in the pipeline's dtype (fp32; bf16 is a CPU option; fp16 is for
+CUDA), the VAE too except with bf16 (then fp32); the unCLIP noising, the CFG combination and the DDIM update always
+run in float32.
 """
 from __future__ import annotations
 
@@ -359,9 +360,12 @@ class Era3DPipeline:
         return int(dict(self.unet.config)["sample_size"]) * self.vae_scale_factor
 
     def to(self, device=None, dtype=None) -> "Era3DPipeline":
-        """Move the networks (UNet, VAE, CLIP image encoder, normalizer); ``dtype`` casts UNet, VAE and CLIP."""
-        for m in (self.unet, self.vae, self.image_encoder):
+        """Move the networks (UNet, VAE, CLIP image encoder, normalizer); ``dtype`` casts UNet, CLIP and the VAE
+        (the VAE stays float32 for bf16, as in :func:`load_era3d`)."""
+        for m in (self.unet, self.image_encoder):
             m.to(device=device, dtype=dtype)
+        vae_dtype = torch.float32 if dtype == torch.bfloat16 else dtype
+        self.vae.to(device=device, dtype=vae_dtype)
         if device is not None:
             self.image_normalizer.to(device, torch.float32)  # diffusers' own .to(torch_device, torch_dtype)
         return self
@@ -883,7 +887,9 @@ def load_era3d(
     Args:
         path: the folder.
         device: target device (default cpu).
-        dtype: "auto" (fp16 on CUDA, fp32 otherwise), "fp32", "bf16", "fp16" or a torch dtype.
+        dtype: "auto" (fp16 on CUDA, fp32 otherwise), "fp32", "bf16", "fp16" or a torch dtype. It applies to the
+            UNet, the CLIP image encoder and the VAE, except that with bf16 the VAE stays fp32: it is small (84 M
+            parameters), and CPU bf16 convolutions without AVX512-BF16 fall back to a kernel ~15x slower than fp32.
 
     Raises:
         Era3DLoadError: missing folder/component/file, a UNet config of another model, incompatible components.
@@ -901,9 +907,10 @@ def load_era3d(
     from .unet import Era3DUNet
 
     unet = _load_component("unet/", lambda: Era3DUNet.from_folder(str(root / "unet"), device=device, dtype=dt))
+    vae_dt = torch.float32 if dt == torch.bfloat16 else dt
     vae = _load_component(
         "vae/", lambda: AutoencoderKL.from_pretrained(
-            str(root / "vae"), use_safetensors=True, local_files_only=True, torch_dtype=dt)
+            str(root / "vae"), use_safetensors=True, local_files_only=True, torch_dtype=vae_dt)
     ).to(device).eval()
     image_encoder = _load_component(
         "image_encoder/",
