@@ -123,10 +123,11 @@ def _unavailable(what: str, repo: str, dest: Path, reason: str) -> WeightsUnavai
     )
 
 
-def download_lgm(variant: str = LGM_DEFAULT_VARIANT, models_dir=None) -> Path:
+def download_lgm(variant: str = LGM_DEFAULT_VARIANT, models_dir=None, endpoint: str | None = None) -> Path:
     """Download an LGM checkpoint from ``ashawkey/LGM`` into ``<models_dir>/lgm/`` (only when called).
 
-    Returns the local path; a file already there is returned without any network access.
+    Returns the local path; a file already there is returned without any network access. ``endpoint``: a Hub
+    mirror URL (default ``HF_ENDPOINT`` / huggingface.co).
     Raises :class:`WeightsUnavailableError` when offline (``HF_HUB_OFFLINE``) or the download fails.
     """
     fname = lgm_filename(variant)
@@ -142,13 +143,13 @@ def download_lgm(variant: str = LGM_DEFAULT_VARIANT, models_dir=None) -> Path:
         raise _unavailable(f"file {fname!r}", LGM_REPO, dest, f"huggingface_hub is not installed: {e}") from None
     dest.mkdir(parents=True, exist_ok=True)
     try:
-        got = hf_hub_download(repo_id=LGM_REPO, filename=fname, local_dir=str(dest))
+        got = hf_hub_download(repo_id=LGM_REPO, filename=fname, local_dir=str(dest), endpoint=endpoint)
     except Exception as e:  # noqa: BLE001 - network, auth and offline errors all end the same way
         raise _unavailable(f"file {fname!r}", LGM_REPO, dest, f"{type(e).__name__}: {e}") from None
     return Path(got)
 
 
-def download_era3d(models_dir=None) -> Path:
+def download_era3d(models_dir=None, endpoint: str | None = None) -> Path:
     """Download the Era3D diffusers folder ``pengHTYX/MacLab-Era3D-512-6view`` into
     ``<models_dir>/era3d/MacLab-Era3D-512-6view/`` (resumable; files already complete are skipped).
 
@@ -167,7 +168,7 @@ def download_era3d(models_dir=None) -> Path:
                            f"huggingface_hub is not installed: {e}") from None
     dest.mkdir(parents=True, exist_ok=True)
     try:
-        got = snapshot_download(repo_id=ERA3D_REPO, local_dir=str(dest))
+        got = snapshot_download(repo_id=ERA3D_REPO, local_dir=str(dest), endpoint=endpoint)
     except Exception as e:  # noqa: BLE001
         if (dest / "model_index.json").is_file() and not any(dest.rglob("*.incomplete")):
             return dest
