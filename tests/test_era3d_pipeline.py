@@ -451,3 +451,12 @@ def test_load_node_reports_missing_components(comfy_env, era3d_dir, tmp_path):
     shutil.rmtree(root / "unet")
     with pytest.raises(Exception, match=r"unet/.*download"):
         comfy_env.run_node("MVBoostLoadEra3D", model="broken", dtype="auto")
+
+
+def test_download_entry_is_explicit_and_offline_gives_a_clear_error(comfy_env, monkeypatch):
+    spec = comfy_env.nodes["MVBoostLoadEra3D"].INPUT_TYPES()["required"]["model"][0]
+    assert spec == ["download: pengHTYX/MacLab-Era3D-512-6view"]  # empty models/era3d: only the explicit entry
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(Exception, match=r"pengHTYX/MacLab-Era3D-512-6view") as ei:
+        comfy_env.run_node("MVBoostLoadEra3D", model=spec[0], dtype="auto")
+    assert str(comfy_env.models_dir / "era3d") in str(ei.value)
