@@ -20,8 +20,8 @@ Conventions (every tensor of this module):
   device or dtype beyond rounding. (Upstream drew in the weights' dtype on CUDA; seeds do not carry over bit-wise.)
 
 Precision: the UNet and CLIP image encoder run in the pipeline's dtype (fp32; bf16 is a CPU option; fp16 is for
-CUDA), the VAE too except with bf16 (then fp32); the unCLIP noising, the CFG combination and the DDIM update always
-run in float32.
+CUDA), the VAE too except with bf16 or an fp16 ``force_upcast`` VAE (then fp32); the unCLIP noising, the CFG
+combination and the DDIM update always run in float32.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import logging
 import math
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -213,7 +213,9 @@ def _load_prompt_embeds(root: Path, cache: bool) -> tuple[Tensor, Tensor]:
         tokenizer = CLIPTokenizer.from_pretrained(str(root / "tokenizer"))
         text_encoder = CLIPTextModel.from_pretrained(str(root / "text_encoder"), use_safetensors=True)
     except Exception as exc:
-        raise Era3DLoadError(f"could not load {root / 'text_encoder'} / {root / 'tokenizer'}: {exc}. {_FIX_HINT}") from exc
+        raise Era3DLoadError(
+            f"could not load {root / 'text_encoder'} / {root / 'tokenizer'}: {exc}. {_FIX_HINT}"
+        ) from exc
     text_encoder = text_encoder.to(torch.float32).eval()
     n, c = compute_prompt_embeds(tokenizer, text_encoder)
     del text_encoder, tokenizer  # freed: the text encoder is never needed again
@@ -364,8 +366,11 @@ class Era3DPipeline:
         (the VAE stays float32 for bf16, as in :func:`load_era3d`)."""
         for m in (self.unet, self.image_encoder):
             m.to(device=device, dtype=dtype)
-        vae_dtype = torch.float32 if dtype == torch.bfloat16 else dtype
-        self.vae.to(device=device, dtype=vae_dtype)
+        vae_dtype = None
+        if dtype is not None:
+            vae_dtype = torch.float32 if dtype == torch.bfloat16 or (
+                dtype == torch.float16 and self.vae.config.get("force_upcast", False)) else dtype
+        torch.nn.Module.to(self.vae, device=device, dtype=vae_dtype)  # (diffusers' override only adds warnings)
         if device is not None:
             self.image_normalizer.to(device, torch.float32)  # diffusers' own .to(torch_device, torch_dtype)
         return self
@@ -404,8 +409,10 @@ class Era3DPipeline:
             img = img.permute(1, 2, 0)
         R = self.resolution
         if img.ndim != 3 or img.shape[-1] != 3 or tuple(img.shape[:2]) != (R, R):
-            raise Era3DInputError(f"cond_image must be [{R},{R},3] in [0,1] (use pipe.preprocess), got {list(img.shape)}")
-        dev, dt = self.device, self.dtype
+            raise Era3DInputError(
+                f"cond_image must be [{R},{R},3] in [0,1] (use pipe.preprocess), got {list(img.shape)}"
+            )
+        dev = self.device
         V = self.num_views
         # Upstream converts the float image to PIL with torchvision's to_pil_image: x*255 truncated to uint8.
         u8 = (img.contiguous() * 255).to(torch.uint8)
@@ -849,6 +856,21 @@ def _load_component(what: str, fn):
         raise Era3DLoadError(f"could not load the Era3D component {what}: {exc}. {_FIX_HINT}") from exc
 
 
+def _vae_dtype(dt: torch.dtype, config_path: Path) -> torch.dtype:
+    """The VAE's dtype for pipeline dtype ``dt``: fp32 for bf16 (CPU bf16 convolutions are slow, the VAE is small),
+    fp32 for fp16 when the VAE config says ``force_upcast`` (the SD-2.1 VAE overflows in pure fp16 at 512 px; upstream
+    relied on CUDA autocast), else ``dt``."""
+    if dt == torch.bfloat16:
+        return torch.float32
+    if dt == torch.float16:
+        try:
+            if json.loads(config_path.read_text()).get("force_upcast", False):
+                return torch.float32
+        except (OSError, ValueError):
+            pass
+    return dt
+
+
 def _feature_extractor_cls():
     """The PIL-based CLIP processor (bit-identical to upstream's transformers 4.37 processing)."""
     import transformers
@@ -888,8 +910,9 @@ def load_era3d(
         path: the folder.
         device: target device (default cpu).
         dtype: "auto" (fp16 on CUDA, fp32 otherwise), "fp32", "bf16", "fp16" or a torch dtype. It applies to the
-            UNet, the CLIP image encoder and the VAE, except that with bf16 the VAE stays fp32: it is small (84 M
-            parameters), and CPU bf16 convolutions without AVX512-BF16 fall back to a kernel ~15x slower than fp32.
+            UNet, the CLIP image encoder and the VAE, except that the VAE stays fp32 with bf16 (it is small, 84 M
+            parameters, and CPU bf16 convolutions without AVX512-BF16 fall back to a kernel ~15x slower than fp32)
+            and with fp16 when its config sets ``force_upcast`` (the released SD-2.1 VAE does).
 
     Raises:
         Era3DLoadError: missing folder/component/file, a UNet config of another model, incompatible components.
@@ -907,7 +930,9 @@ def load_era3d(
     from .unet import Era3DUNet
 
     unet = _load_component("unet/", lambda: Era3DUNet.from_folder(str(root / "unet"), device=device, dtype=dt))
-    vae_dt = torch.float32 if dt == torch.bfloat16 else dt
+    vae_dt = _vae_dtype(dt, root / "vae" / "config.json")
+    if dt == torch.float16 and device.type == "cpu":
+        log.warning("[MVBoost] Era3D in fp16 on CPU is very slow (no fast fp16 matmul on CPUs); use fp32 or bf16")
     vae = _load_component(
         "vae/", lambda: AutoencoderKL.from_pretrained(
             str(root / "vae"), use_safetensors=True, local_files_only=True, torch_dtype=vae_dt)
@@ -933,7 +958,8 @@ def load_era3d(
 
     ucfg = dict(unet.config)
     Dc = int(image_encoder.config.projection_dim)
-    if int(image_normalizer.config.embedding_dim) != Dc or int(ucfg.get("projection_class_embeddings_input_dim", 2 * Dc)) != 2 * Dc:
+    cls_dim = int(ucfg.get("projection_class_embeddings_input_dim", 2 * Dc))
+    if int(image_normalizer.config.embedding_dim) != Dc or cls_dim != 2 * Dc:
         raise Era3DLoadError(
             f"{root}: CLIP projection {Dc}, image_normalizer {image_normalizer.config.embedding_dim} and UNet class "
             f"input {ucfg.get('projection_class_embeddings_input_dim')} disagree (need D, D, 2D): the components come "
