@@ -175,7 +175,17 @@ def _unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+class _NoPeftLayer:  # stands for "no peft layer can exist": peft was never imported in this process
+    pass
+
+
 def _lora_layer_cls():
+    """peft's ``LoraLayer`` if peft is already imported, else a class nothing is an instance of (so merged
+    application, removal and checksums never pay peft's multi-second import)."""
+    import sys
+
+    if "peft" not in sys.modules:
+        return _NoPeftLayer
     from peft.tuners.lora import LoraLayer
 
     return LoraLayer
