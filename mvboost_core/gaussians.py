@@ -258,7 +258,7 @@ def load_ply(path) -> Gaussians:
     if magic[:3] != b"ply":
         raise ValueError(f"load_ply: {path} is not a PLY file (it does not start with 'ply').")
     try:
-        ply = PlyData.read(str(path), mmap=False)
+        ply = PlyData.read(str(path), mmap="c")  # memory-mapped: fast for binary; copied out below
     except (PlyParseError, ValueError, EOFError, struct.error, UnicodeDecodeError, IndexError) as e:
         raise ValueError(f"load_ply: {path} is malformed or truncated: {e}") from e
     names = [el.name for el in ply.elements]

@@ -247,7 +247,10 @@ def test_chamfer_and_fscore_against_brute_force():
     x = torch.rand(300, 3, generator=g) * 2 - 1
     y = torch.rand(250, 3, generator=g) * 2 - 1 + 0.05
     dx, dy = brute(x, y)
-    torch.testing.assert_close(nearest_distances(x, y).double(), dx, rtol=1e-6, atol=1e-7)
+    for backend in ("torch", "kdtree", "auto"):
+        torch.testing.assert_close(nearest_distances(x, y, backend=backend).double(), dx, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(chamfer_distance(x, y, backend=backend).double(), 0.5 * (dx.mean() + dy.mean()),
+                                   rtol=1e-6, atol=1e-7)
     cd = chamfer_distance(x, y)
     torch.testing.assert_close(cd.double(), 0.5 * (dx.mean() + dy.mean()), rtol=1e-6, atol=1e-7)
     # unsquared: check against torch.cdist too
@@ -268,10 +271,11 @@ def test_nearest_distances_chunked_equals_unchunked():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(600, 3, generator=g)
     y = torch.randn(450, 3, generator=g)
-    full = nearest_distances(x, y, chunk=4096)
+    full = nearest_distances(x, y, chunk=4096, backend="torch")
+    torch.testing.assert_close(nearest_distances(x, y, backend="kdtree"), full, rtol=1e-6, atol=1e-7)
     for chunk in (64, 257):
-        torch.testing.assert_close(nearest_distances(x, y, chunk=chunk), full, rtol=0, atol=0)
-    torch.testing.assert_close(nearest_distances(x[:5], y, chunk=1), full[:5], rtol=0, atol=0)
+        torch.testing.assert_close(nearest_distances(x, y, chunk=chunk, backend="torch"), full, rtol=0, atol=0)
+    torch.testing.assert_close(nearest_distances(x[:5], y, chunk=1, backend="torch"), full[:5], rtol=0, atol=0)
 
 
 def test_large_point_sets_memory_bounded():
@@ -282,7 +286,7 @@ def test_large_point_sets_memory_bounded():
     x = torch.rand(10_000, 3, generator=g)
     y = x[torch.randperm(10_000, generator=g)] + 1e-4  # every point has a partner 1.7e-4 away
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    d = nearest_distances(x, y, chunk=1024)
+    d = nearest_distances(x, y, chunk=1024, backend="torch")
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     assert (after - before) * 1024 < 200e6  # ru_maxrss is in KiB on Linux
     # exact even for tiny distances (no |x|²+|y|²-2xy cancellation): every pair is 1e-4·√3 apart
