@@ -267,6 +267,11 @@ def load_ply(path) -> Gaussians:
     v = ply["vertex"]
     have = {p.name for p in v.properties}
     missing = [p for p in _PLY_REQUIRED if p not in have]
+    if missing and ("packed_position" in have or "chunk" in names):
+        raise ValueError(
+            f"load_ply: {path} is a PlayCanvas/SuperSplat *compressed* PLY (packed_* properties); decompress it "
+            "first (e.g. export an uncompressed .ply from SuperSplat, or use PlayCanvas splat-transform)."
+        )
     if missing:
         raise ValueError(
             f"load_ply: {path} is missing required 3DGS properties {missing} (has {sorted(have)}). "

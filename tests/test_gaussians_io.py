@@ -214,6 +214,13 @@ def test_load_ply_missing_property_named(tmp_path):
     PlyData([PlyElement.describe(pc, "vertex")]).write(str(tmp_path / "pc.ply"))
     with pytest.raises(ValueError, match="missing required 3DGS properties"):
         load_ply(tmp_path / "pc.ply")
+    chunk = np.zeros(1, dtype=[("min_x", "<f4")])
+    packed = np.zeros(3, dtype=[("packed_position", "<u4"), ("packed_rotation", "<u4"), ("packed_scale", "<u4"),
+                                ("packed_color", "<u4")])
+    PlyData([PlyElement.describe(chunk, "chunk"), PlyElement.describe(packed, "vertex")]).write(
+        str(tmp_path / "c.ply"))
+    with pytest.raises(ValueError, match="compressed"):
+        load_ply(tmp_path / "c.ply")
     face = np.zeros(1, dtype=[("vertex_indices", "O")])
     face["vertex_indices"][0] = np.array([0, 1, 2], dtype=np.int32)
     PlyData([PlyElement.describe(face, "face")]).write(str(tmp_path / "nov.ply"))
