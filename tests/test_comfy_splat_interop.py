@@ -212,3 +212,42 @@ def test_on_comfyui_without_splat_types_every_node_loads_and_interop_explains(co
     (path,) = comfy_env.run_node("MVBoostSaveGaussians", gaussians=g, filename_prefix="x", format="spz",
                                  preview=False)
     assert (comfy_env.output_dir / path).exists()
+
+
+# ------------------------------------------------------------------------------------ example workflow (UI)
+def test_native_splat_example_workflow_matches_the_pack(comfy_env_2026):
+    """workflows/native_splat_interop.json needs core nodes of a 2026 ComfyUI, so it has no API twin; check that
+    its MVBoost nodes exist, their widget counts match INPUT_TYPES and every link touching them has their types."""
+    import json
+
+    from comfy_harness import REPO_ROOT, WIDGET_TYPES, _input_spec
+
+    env = comfy_env_2026
+    ui = json.loads((REPO_ROOT / "workflows" / "native_splat_interop.json").read_text())
+    assert ui["version"] == 0.4 and "2026" in ui["extra"]["mvboost"]["requires_comfyui"]
+    assert (REPO_ROOT / "workflows" / "native_splat_interop.jpg").exists()
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    ours = {i: n for i, n in nodes.items() if n["type"].startswith("MVBoost")}
+    assert {"MVBoostLGMReconstruct", "MVBoostToComfySplat", "MVBoostFromComfySplat",
+            "MVBoostSaveGaussians"} <= {n["type"] for n in ours.values()}
+    core_types = {n["type"] for n in nodes.values()} - {n["type"] for n in ours.values()}
+    assert {"PreviewGaussianSplat", "SplatToMesh", "SaveGLB", "SplatToFile3D", "File3DToSplat"} <= core_types
+    for i, n in ours.items():
+        cls = env.nodes[n["type"]]
+        it = cls.INPUT_TYPES()
+        spec = {**it["required"], **it.get("optional", {})}
+        n_widgets = 0
+        for name, s in spec.items():
+            typ, opts = _input_spec(s)
+            if isinstance(typ, list) or typ in WIDGET_TYPES:
+                n_widgets += 1 + (typ == "INT" and (name in ("seed", "noise_seed") or
+                                                    bool(opts.get("control_after_generate"))))
+        assert len(n["widgets_values"]) == n_widgets, n["type"]
+        assert [o["type"] for o in n["outputs"]] == list(cls.RETURN_TYPES), n["type"]
+        sockets = {k: _input_spec(v)[0] for k, v in spec.items()}
+        for inp in n["inputs"]:
+            assert inp["type"] == sockets[inp["name"]], (n["type"], inp["name"])
+    for lid, src, sslot, dst, dslot, typ in ui["links"]:
+        assert nodes[src]["outputs"][sslot]["type"] == typ
+        if dst in ours:
+            assert nodes[dst]["inputs"][dslot]["type"] == typ
