@@ -254,3 +254,32 @@ def test_bad_forward_inputs(micro_unet, micro_io):
 def test_auto_dtype_is_a_float_dtype():
     assert auto_dtype("cpu") in (torch.float32, torch.bfloat16)
     assert auto_dtype("meta") == torch.float32
+
+
+def test_half_weights_with_float32_compute(micro_unet, micro_io):
+    """bf16 weights, fp32 compute (the CPU mode for AVX2-only machines): close to fp32, keys unchanged,
+    outputs in the input dtype, and switchable back."""
+    m = Era3DUNet.from_config(micro_unet.config)
+    m.load_state_dict(micro_unet.state_dict())
+    m = m.to(torch.bfloat16).eval().set_compute_dtype(torch.float32)
+    assert m.compute_dtype == torch.float32 and m.dtype == torch.bfloat16
+    assert list(m.state_dict()) == list(micro_unet.state_dict())
+    assert all(p.dtype == torch.bfloat16 for p in m.parameters())
+    s32, p32 = _run(m, micro_io)
+    assert s32.dtype == torch.float32
+    ref = micro_io["out_sample"]
+    assert (s32 - ref).norm() / ref.norm() < 0.02  # only the weights are rounded
+    with torch.no_grad():
+        s16, _ = m(micro_io["sample"].bfloat16(), micro_io["timestep"], micro_io["encoder_hidden_states"],
+                   micro_io["class_labels"])
+    assert s16.dtype == torch.bfloat16
+    torch.testing.assert_close(s16.float(), s32, atol=0.02, rtol=0.01)
+    m.set_compute_dtype(None)
+    assert m.compute_dtype == torch.bfloat16 and type(m.conv_in) is torch.nn.Conv2d
+
+
+def test_from_folder_half_on_cpu_picks_compute_dtype(era3d_dir):
+    u = Era3DUNet.from_folder(era3d_dir / "micro_pipeline" / "unet", dtype=torch.bfloat16)
+    assert u.dtype == torch.bfloat16
+    expected = torch.float32 if auto_dtype("cpu") == torch.float32 else torch.bfloat16
+    assert u.compute_dtype == expected

@@ -253,6 +253,39 @@ def auto_dtype(device: torch.device | str | None = None) -> torch.dtype:
     return torch.float32
 
 
+class _UpcastLinear(nn.Linear):
+    """nn.Linear whose (low-precision) weights are cast to the activation dtype at call time."""
+
+    def forward(self, x):
+        b = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.weight.to(x.dtype), b)
+
+
+class _UpcastConv2d(nn.Conv2d):
+    def forward(self, x):
+        b = None if self.bias is None else self.bias.to(x.dtype)
+        return self._conv_forward(x, self.weight.to(x.dtype), b)
+
+
+class _UpcastGroupNorm(nn.GroupNorm):
+    def forward(self, x):
+        w = None if self.weight is None else self.weight.to(x.dtype)
+        b = None if self.bias is None else self.bias.to(x.dtype)
+        return F.group_norm(x, self.num_groups, w, b, self.eps)
+
+
+class _UpcastLayerNorm(nn.LayerNorm):
+    def forward(self, x):
+        w = None if self.weight is None else self.weight.to(x.dtype)
+        b = None if self.bias is None else self.bias.to(x.dtype)
+        return F.layer_norm(x, self.normalized_shape, w, b, self.eps)
+
+
+_UPCAST = {nn.Linear: _UpcastLinear, nn.Conv2d: _UpcastConv2d, nn.GroupNorm: _UpcastGroupNorm,
+           nn.LayerNorm: _UpcastLayerNorm}
+_DOWNCAST = {v: k for k, v in _UPCAST.items()}
+
+
 class Era3DUNet(nn.Module):
     """Era3D multi-view UNet. Build with :meth:`from_config` / :meth:`from_folder`; see the module docstring.
 
@@ -342,6 +375,7 @@ class Era3DUNet(nn.Module):
         self.conv_norm_out = nn.GroupNorm(groups, boc[0], eps=eps)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(boc[0], cfg["out_channels"], kernel_size=kout, padding=(kout - 1) // 2)
+        self._compute_dtype: torch.dtype | None = None
 
     # ------------------------------------------------------------------ construction / loading
     @classmethod
@@ -383,6 +417,11 @@ class Era3DUNet(nn.Module):
         sd = load_unet_weights(weights, model, device=device, dtype=dtype)
         model.load_state_dict(sd, strict=True, assign=True)
         model.eval().requires_grad_(False)
+        if model.dtype in (torch.float16, torch.bfloat16) and model.device.type == "cpu" \
+                and auto_dtype("cpu") == torch.float32:
+            logger.info("Era3D UNet: %s weights on a CPU without native %s matrix instructions: computing in "
+                        "float32 (weights stay %s in memory)", model.dtype, model.dtype, model.dtype)
+            model.set_compute_dtype(torch.float32)
         return model
 
     # ------------------------------------------------------------------ properties
@@ -411,6 +450,29 @@ class Era3DUNet(nn.Module):
         for m in self.modules():
             if hasattr(m, "mv_axis"):
                 m.mv_axis = axis
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """dtype of the activations inside :meth:`forward` (= the weights' dtype unless overridden)."""
+        return self._compute_dtype or self.dtype
+
+    def set_compute_dtype(self, dtype: torch.dtype | None) -> "Era3DUNet":
+        """Run the forward in ``dtype`` whatever the weights' dtype (``None`` = the weights' dtype).
+
+        Meant for float16/bfloat16 weights on CPUs without native bf16/fp16 matrix instructions (AVX2-only), where
+        PyTorch's half-precision convolutions are 15-250x slower than float32: with ``set_compute_dtype(float32)``
+        the weights stay half-size in memory and every Linear/Conv2d/GroupNorm/LayerNorm casts its weights to
+        float32 at call time (one layer at a time). Outputs are returned in the input ``sample``'s dtype.
+        State-dict keys are unchanged. :meth:`from_folder` turns this on automatically in that situation.
+        """
+        self._compute_dtype = dtype
+        upcast = dtype is not None and dtype != self.dtype
+        for m in self.modules():
+            if upcast and type(m) in _UPCAST:
+                m.__class__ = _UPCAST[type(m)]
+            elif not upcast and type(m) in _DOWNCAST:
+                m.__class__ = _DOWNCAST[type(m)]
+        return self
 
     # ------------------------------------------------------------------ forward
     def _check_inputs(self, sample, encoder_hidden_states, class_labels):
@@ -448,7 +510,9 @@ class Era3DUNet(nn.Module):
         self._check_inputs(sample, encoder_hidden_states, class_labels)
         cfg = self.config
         b = sample.shape[0]
-        dtype = sample.dtype
+        in_dtype = sample.dtype
+        dtype = self._compute_dtype or in_dtype
+        sample = sample.to(dtype)
 
         t = timestep
         if not torch.is_tensor(t):
@@ -504,7 +568,9 @@ class Era3DUNet(nn.Module):
             else:
                 x = blk(x, res, emb_up, upsample_size=up_size)
 
-        x = self.conv_out(self.conv_act(self.conv_norm_out(x)))
+        x = self.conv_out(self.conv_act(self.conv_norm_out(x))).to(in_dtype)
+        if pose is not None:
+            pose = pose.to(in_dtype)
         if return_intermediates:
             return x, pose, {"emb": emb, "down_out": down_out, "mid_out": mid_out, "emb_up": emb_up}
         return x, pose
