@@ -226,9 +226,17 @@ class MVBoostLoadGaussians:
         except OSError:
             return float("nan")
 
+    @staticmethod
+    def _ext(file: str) -> str:
+        name = file or ""
+        for tag in (" [input]", " [output]", " [temp]"):  # ComfyUI's annotated names, e.g. "a.ply [output]"
+            if name.endswith(tag):
+                name = name[: -len(tag)]
+        return os.path.splitext(name)[1].lower()
+
     @classmethod
     def VALIDATE_INPUTS(cls, file):
-        ext = os.path.splitext(file or "")[1].lower()
+        ext = cls._ext(file)
         if ext not in _readable_extensions():
             return f"{file!r}: unsupported extension; readable: {', '.join(_readable_extensions())}"
         if not os.path.isfile(C.get_annotated_filepath(file)):
@@ -237,7 +245,7 @@ class MVBoostLoadGaussians:
 
     def load(self, file):
         path = self._path(file)
-        ext = os.path.splitext(path)[1].lower()
+        ext = self._ext(file)
         reader = getattr(_gio(), READERS.get(ext, ""), None)
         if reader is None:
             raise ValueError(f"{file!r}: unsupported extension {ext!r}; readable: {', '.join(_readable_extensions())}")

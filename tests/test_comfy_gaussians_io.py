@@ -176,3 +176,13 @@ def test_load_gaussians_errors_and_change_detection(comfy_env):
     assert cls.IS_CHANGED("a.ply") != h1
     with pytest.raises(WorkflowError, match="not found"):
         comfy_env.run_workflow("workflows/api/render_turntable.json", overrides={"1": {"file": "nope.ply"}})
+
+
+def test_load_gaussians_reads_annotated_output_files(comfy_env):
+    g = blob(comfy_env.core, n=12)
+    (path,) = comfy_env.run_node("MVBoostSaveGaussians", gaussians=g, filename_prefix="o/g", format="spz",
+                                 preview=False)
+    cls = comfy_env.nodes["MVBoostLoadGaussians"]
+    assert cls.VALIDATE_INPUTS(f"{path} [output]") is True
+    (back,) = comfy_env.run_node("MVBoostLoadGaussians", file=f"{path} [output]")
+    assert len(back) == 12
