@@ -167,6 +167,7 @@ def _atomic_save_safetensors(tensors: dict, path: Path, metadata: dict) -> None:
     os.close(fd)
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -174,6 +175,16 @@ def _atomic_save_safetensors(tensors: dict, path: Path, metadata: dict) -> None:
         except OSError:
             pass
         raise
+
+
+def _folder_is_writable(root: Path) -> bool:
+    """False for a folder marked read-only (no write bit at all), even for root, who ``os.access`` lets write
+    anywhere: shared model folders stay untouched."""
+    try:
+        st = root.stat()
+    except OSError:
+        return False
+    return bool(st.st_mode & 0o222) and os.access(root, os.W_OK)
 
 
 def _load_prompt_embeds(root: Path, cache: bool) -> tuple[Tensor, Tensor]:
@@ -221,6 +232,9 @@ def _load_prompt_embeds(root: Path, cache: bool) -> tuple[Tensor, Tensor]:
     del text_encoder, tokenizer  # freed: the text encoder is never needed again
     if cache:
         _MEMORY_PROMPT_CACHE[key] = (n, c)
+    if cache and not _folder_is_writable(root):
+        log.info("[MVBoost] %s is read-only; Era3D prompt embeddings kept in memory only", root)
+    elif cache:
         try:
             _atomic_save_safetensors(
                 {"normal_prompt_embeds": n.to(torch.float16), "color_prompt_embeds": c.to(torch.float16)},
@@ -902,8 +916,8 @@ def load_era3d(
 
     Prompt embeddings: the 12 fixed prompts (:func:`era3d_prompts`) are encoded once with the folder's
     ``text_encoder``/``tokenizer`` (fp32, rounded to fp16 like upstream's shipped ``.pt`` files), cached in
-    ``<path>/mvboost_prompt_embeds.safetensors`` (atomic write; kept in memory if the folder is read-only; invalidated
-    when the text encoder changes) and the text encoder is freed. Pass ``prompt_embeds=(normal [6,77,D],
+    ``<path>/mvboost_prompt_embeds.safetensors`` (atomic write; kept in memory only if the folder is read-only, i.e.
+    not writable or without any write permission bit; invalidated when the text encoder changes) and the text encoder is freed. Pass ``prompt_embeds=(normal [6,77,D],
     color [6,77,D])`` to skip this.
 
     Args:
