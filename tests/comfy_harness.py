@@ -44,7 +44,8 @@ objects for nodes, it is a different module object than a top-level ``import mvb
 mismatch, combo value not in list, INT/FLOAT outside min/max, ``VALIDATE_INPUTS``, no output node) and raises
 ``WorkflowError`` listing every problem; then it executes the output nodes and their ancestors in dependency order,
 calls ``FUNCTION`` with the (coerced) widget values, hidden inputs and linked outputs, checks the output arity
-against ``RETURN_TYPES`` and that no node mutated a tensor it received (``Tensor._version``). List semantics
+against ``RETURN_TYPES``, that ui dicts are JSON-serialisable and that no node mutated a tensor it received
+(``Tensor._version``). List semantics
 (``INPUT_IS_LIST`` / ``OUTPUT_IS_LIST``) follow ComfyUI's map-over-list rule.
 """
 from __future__ import annotations
@@ -845,6 +846,11 @@ class ComfyEnv:
                         merged[i].append(v)
             result.outputs[nid] = tuple(merged)
             if ui:
+                try:  # ComfyUI sends ui dicts to the browser and stores them in /history as JSON
+                    json.dumps(ui)
+                except TypeError as exc:
+                    raise AssertionError(f"node {nid} ({ct}) returned a ui dict that is not JSON-serialisable: "
+                                         f"{exc}") from exc
                 result.ui[nid] = ui
         return result
 
