@@ -65,3 +65,40 @@ def f2_errors(out, T, mask=None) -> tuple[float, float, float]:
 def f2_ok(errs, dtype) -> bool:
     tol = (1e-4, 1e-4, 5e-4) if dtype == torch.float32 else (1e-9, 1e-9, 1e-9)
     return all(e <= t for e, t in zip(errs, tol))
+
+
+def sequential_reference(proj, opacities, colors, background, width, height, alpha_max=0.99):
+    """Independent oracle: the spec's per-pixel loop (README §2.3-2.5) written literally, vectorised over pixels
+    only (a Python loop over Gaussians in depth order). float64; for small scenes. ``proj`` from ``project()``."""
+    V, N = proj.depth.shape
+    jj, ii = torch.meshgrid(torch.arange(width, dtype=torch.float64), torch.arange(height, dtype=torch.float64),
+                            indexing="xy")
+    px, py = jj.reshape(-1) + 0.5, ii.reshape(-1) + 0.5
+    rgb, alpha, depth = [], [], []
+    for v in range(V):
+        T = torch.ones_like(px)
+        C = torch.zeros(px.numel(), 3, dtype=torch.float64)
+        D = torch.zeros_like(px)
+        live = torch.ones_like(px, dtype=torch.bool)
+        order = torch.sort(proj.depth[v], stable=True).indices
+        for n in order.tolist():
+            if not bool(proj.valid[v, n]):
+                continue
+            u, w_ = proj.means2d[v, n].double()
+            A, B, Cc = proj.conic[v, n].double()
+            dx, dy = px - u, py - w_
+            sig = 0.5 * (A * dx * dx + Cc * dy * dy) + B * dx * dy
+            a = torch.clamp(float(opacities[n]) * torch.exp(-sig), max=alpha_max)
+            use = live & (a >= 1 / 255) & (sig >= 0)
+            Tn = T * (1 - a)
+            stop = use & (Tn < 1e-4)
+            live = live & ~stop
+            use = use & ~stop
+            wgt = torch.where(use, a * T, torch.zeros_like(a))
+            C += wgt[:, None] * colors[n].double()
+            D += wgt * proj.depth[v, n].double()
+            T = torch.where(use, Tn, T)
+        rgb.append((C + T[:, None] * background.double()).reshape(height, width, 3))
+        alpha.append((1 - T).reshape(height, width, 1))
+        depth.append(D.reshape(height, width, 1))
+    return torch.stack(rgb), torch.stack(alpha), torch.stack(depth)

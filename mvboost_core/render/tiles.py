@@ -1,11 +1,12 @@
 """Tile intersection lists: which Gaussians can touch which tile, sorted front to back.
 
 The culling rule is *exact* in the sense of ``fixtures/render/README.md`` §5 (the gsplat-style opacity-aware
-per-axis rule, made a little tighter): a pair (pixel, Gaussian) can only have alpha = o·exp(-sigma) >= 1/255 if
+per-axis rule, made tighter): a pair (pixel, Gaussian) can only have alpha = o·exp(-sigma) >= 1/255 if
 ``sigma <= t = ln(255·o)``. The ellipse {sigma <= t} lies inside the axis-aligned box
-``|dx| <= sqrt(2·t·a)``, ``|dy| <= sqrt(2·t·c)`` (a, c = diagonal of Sigma'), so a Gaussian is listed for every
-tile holding a pixel *centre* inside that box (plus a small safety margin) and for no other. No pair with
-alpha >= 1/255 is ever lost, so the images equal the dense reference to rounding.
+``|dx| <= sqrt(2·t·a)``, ``|dy| <= sqrt(2·t·c)`` (a, c = diagonal of Sigma'); the candidate tiles are those
+holding a pixel *centre* inside that box, and a candidate is kept iff the minimum of sigma over the rectangle of
+its pixel centres is <= t (both with a small safety margin). No pair with alpha >= 1/255 is ever lost, so the
+images equal the dense reference to rounding (the float64 tests check every pixel).
 
 Everything here runs under ``torch.no_grad`` (integer bookkeeping only).
 """
@@ -99,25 +100,59 @@ def build_tile_lists(
     if M == 0:
         z = torch.zeros(n_tiles, dtype=torch.long, device=device)
         return TileLists(ts, ntx, nty, V, N, torch.zeros(0, dtype=torch.long, device=device), z, z.clone())
-    # depth rank of each Gaussian inside its view (stable: ties keep index order)
-    order = torch.sort(depth.detach(), dim=1, stable=True).indices
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(N, device=device).expand(V, N).contiguous())
     owner = torch.repeat_interleave(torch.arange(counts.numel(), device=device), counts)
     first = torch.cumsum(counts, 0) - counts
     local = torch.arange(M, device=device) - first[owner]
     nxo = nx[owner]
     tx = txlo[vi, ni][owner] + local % nxo
     ty = tylo[vi, ni][owner] + local // nxo
+    del local, nxo, first
+    if cull:
+        # drop tiles the ellipse {sigma <= t} misses although its bounding box touches them
+        per_g = torch.cat([md[vi, ni], cd[vi, ni], t[vi, ni, None]], dim=1)  # [K,6] u v a b c t
+        hit = _ellipse_hits_tile(per_g[owner], tx, ty, ts, width, height)
+        owner, tx, ty = owner[hit], tx[hit], ty[hit]
+        M = int(owner.numel())
+    # depth rank of each Gaussian inside its view (stable: ties keep index order)
+    order = torch.sort(depth.detach(), dim=1, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(N, device=device).expand(V, N).contiguous())
     vo = vi[owner]
     tile = vo * ntv + ty * ntx + tx
     key = tile * N + rank[vi, ni][owner]
     key, perm = torch.sort(key)
     ids = (vo * N + ni[owner])[perm]
-    del owner, local, nxo, tx, ty, vo, perm
+    del owner, tx, ty, vo, perm
     tile_sorted = key // N
     cnt = torch.bincount(tile_sorted, minlength=n_tiles)
     ends = torch.cumsum(cnt, 0)
     starts = ends - cnt
     return TileLists(ts, ntx, nty, V, N, ids, starts, ends)
 
+
+
+def _ellipse_hits_tile(g: Tensor, tx: Tensor, ty: Tensor, ts: int, width: int, height: int) -> Tensor:
+    """Whether min over the tile's pixel-centre rectangle of sigma = ½ dᵀ Σ'⁻¹ d is <= t (+ a safety margin).
+
+    The minimum of a convex quadratic over a rectangle is 0 if the centre is inside, else it lies on an edge,
+    where it is a clamped 1-D minimisation. Computed in float64 on the candidate (tile, Gaussian) pairs.
+    """
+    u, v, a, b, c, t = g.unbind(-1)
+    det = (a * c - b * b).clamp_min(1e-300)
+    A, B, C = c / det, -b / det, a / det
+    x0 = (tx * ts).to(g.dtype) + (0.5 - u)
+    x1 = (torch.clamp((tx + 1) * ts, max=width) - 1).to(g.dtype) + (0.5 - u)
+    y0 = (ty * ts).to(g.dtype) + (0.5 - v)
+    y1 = (torch.clamp((ty + 1) * ts, max=height) - 1).to(g.dtype) + (0.5 - v)
+    inside = (x0 <= 0) & (x1 >= 0) & (y0 <= 0) & (y1 >= 0)
+
+    def edge_x(x):  # dx fixed, best dy in [y0, y1]
+        y = (-B * x / C).clamp(min=y0).minimum(y1)
+        return 0.5 * (A * x * x + C * y * y) + B * x * y
+
+    def edge_y(y):
+        x = (-B * y / A).clamp(min=x0).minimum(x1)
+        return 0.5 * (A * x * x + C * y * y) + B * x * y
+
+    best = torch.minimum(torch.minimum(edge_x(x0), edge_x(x1)), torch.minimum(edge_y(y0), edge_y(y1)))
+    return inside | (best <= t * (1 + 1e-6) + 1e-6)
