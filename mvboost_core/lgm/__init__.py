@@ -18,12 +18,12 @@ from .checkpoint import (
     save_lgm_checkpoint,
 )
 from .config import CONFIGS, LGMConfig, get_config
-from .inference import IMAGENET_MEAN, IMAGENET_STD, prepare_lgm_input, reconstruct
+from .inference import IMAGENET_MEAN, IMAGENET_STD, prepare_lgm_input, reconstruct, views_from_images
 from .network import LGM, MVAttention, gaussians_from_raw
 
 __all__ = [
     "LGM", "LGMConfig", "CONFIGS", "get_config", "MVAttention", "gaussians_from_raw",
     "load_lgm", "LGMCheckpointError", "detect_config", "auto_dtype", "read_safetensors_header",
     "read_state_dict", "save_lgm_checkpoint", "init_lgm_weights_",
-    "prepare_lgm_input", "reconstruct", "IMAGENET_MEAN", "IMAGENET_STD",
+    "prepare_lgm_input", "reconstruct", "views_from_images", "IMAGENET_MEAN", "IMAGENET_STD",
 ]

@@ -9,7 +9,7 @@ from ..cameras import LGM_FOVY, LGM_RADIUS, Cameras
 from ..gaussians import Gaussians
 from .network import LGM, NUM_VIEWS
 
-__all__ = ["prepare_lgm_input", "reconstruct", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["prepare_lgm_input", "reconstruct", "views_from_images", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,15 +29,50 @@ def _as_views(images: Tensor) -> Tensor:
             "Pass a batch of 4 images."
         )
     c = images.shape[-1]
-    if c == 4:
-        raise ValueError("images have 4 channels (RGBA); composite them onto a white background first "
-                         "(rgb·a + (1-a)) and pass RGB.")
+    if c == 4 and images.is_floating_point():
+        rgb, a = images[..., :3], images[..., 3:]
+        images = rgb * a + (1.0 - a)  # RGBA -> RGB on white, LGM's background
+        c = 3
     if c != 3:
         raise ValueError(f"images must have 3 RGB channels in the last dimension, got {c} "
                          f"(shape {list(images.shape)}; channels-first input must be permuted to [...,H,W,3]).")
     if not images.is_floating_point():
         raise TypeError(f"images must be float in 0..1, got {images.dtype}")
     return images.float()
+
+
+def views_from_images(views: "list[Tensor] | Tensor", size: int) -> Tensor:
+    """Bring 4 separate view images of any sizes to LGM's ``[4,size,size,3]``.
+
+    Each view ``[H,W,3]`` or ``[H,W,4]`` (also ``[1,H,W,C]``), float 0..1: RGBA is composited onto white, a
+    non-square view is padded to a square with white (centred; LGM's background is white, so the object is not
+    distorted), then resized to ``size`` (bilinear; antialiased when shrinking).
+    """
+    if isinstance(views, Tensor):
+        views = list(views)
+    if len(views) != NUM_VIEWS:
+        raise ValueError(f"LGM needs exactly 4 views (front, right, back, left), got {len(views)}")
+    out = []
+    for i, v in enumerate(views):
+        if v.ndim == 4 and v.shape[0] == 1:
+            v = v[0]
+        if v.ndim != 3 or v.shape[-1] not in (3, 4) or min(v.shape[:2]) == 0:
+            raise ValueError(f"view {i} must be an image [H,W,3] (or RGBA), got shape {list(v.shape)}")
+        v = v.float()
+        if v.shape[-1] == 4:
+            v = v[..., :3] * v[..., 3:] + (1.0 - v[..., 3:])
+        H, W = v.shape[:2]
+        if H != W:
+            s = max(H, W)
+            top, left = (s - H) // 2, (s - W) // 2
+            v = F.pad(v.permute(2, 0, 1), (left, s - W - left, top, s - H - top), value=1.0).permute(1, 2, 0)
+        if v.shape[0] != size:
+            x = v.permute(2, 0, 1)[None]
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                              antialias=v.shape[0] > size)
+            v = x[0].permute(1, 2, 0)
+        out.append(v.clamp(0.0, 1.0))
+    return torch.stack(out)
 
 
 def prepare_lgm_input(
@@ -50,7 +85,7 @@ def prepare_lgm_input(
 
     Args:
         images: ``[B,4,H,W,3]`` (or ``[4,H,W,3]``) RGB float in 0..1 on a white background, views in LGM order
-            azimuth 0/90/180/270 (front, right, back, left).
+            azimuth 0/90/180/270 (front, right, back, left). RGBA (``[...,4]``) is composited onto white.
         cameras: the 4 input cameras (any image size; rays are computed at ``size``). Default: LGM's orbit
             cameras at ``elevation`` (radius 1.5, fovy 49.1°), shared by the whole batch. Either 4 cameras
             shared by every sample or ``4·B`` cameras (sample-major).
@@ -100,7 +135,7 @@ def reconstruct(
     if torch.is_grad_enabled() and any(p.requires_grad for p in lgm.parameters()):
         g = lgm.forward_gaussians(x)
     else:
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: callers may optimise the returned Gaussians with autograd
             g = lgm.forward_gaussians(x)
     if not torch.isfinite(g).all():
         bad = (~torch.isfinite(g)).sum().item()
