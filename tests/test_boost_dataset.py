@@ -140,3 +140,46 @@ def test_kill9_resume_and_two_process_launch(tmp_path):
     m2 = json.loads((two / "manifest.json").read_text())
     assert [e["id"] for e in m1["samples"]] == [e["id"] for e in m2["samples"]] and m1["count"] == 8
     assert sorted(p.name for p in (two / "samples").iterdir()) == sorted(h2)  # no temp leftovers
+
+
+@pytest.mark.slow
+def test_real_chain_era3d_lgm_refine_two_processes_then_train(tmp_path, fixtures_dir):
+    """Era3D (micro pipeline fixture) -> bridge -> LGM (nano) -> Refine Views -> sample, under a 2-process
+    accelerate launch; then one LoRA step on the result (orthographic Era3D cameras)."""
+    import numpy as np
+    from PIL import Image
+
+    era3d = fixtures_dir / "era3d" / "micro_pipeline"
+    ck, opts = H.write_nano_checkpoint(tmp_path / "lgm")
+    imgs = tmp_path / "imgs"
+    (imgs / "sub").mkdir(parents=True)
+    a = np.zeros((96, 80, 4), np.uint8)
+    a[20:70, 15:60] = [200, 40, 40, 255]
+    a[30:50, 25:40] = [30, 30, 220, 255]
+    Image.fromarray(a).save(imgs / "red.png")
+    b = np.full((64, 64, 3), 255, np.uint8)  # RGB on white: the mask comes from non-white pixels
+    b[10:50, 20:44] = [20, 160, 40]
+    Image.fromarray(b).save(imgs / "sub" / "green.jpg")
+    out = tmp_path / "ds"
+    p = H.run_cli(["boost-data", "--images", str(imgs), "--out", str(out), "--era3d", str(era3d), "--lgm", str(ck),
+                   "--lgm-config", str(opts), "--steps", "2", "--strength", "0.95", "--on-error", "raise",
+                   "--device", "cpu"], nproc=2)
+    assert "1 generated" in p.stdout and "[rank 1/2]" in p.stdout
+    man = json.loads((out / "manifest.json").read_text())
+    assert sorted(e["source"] for e in man["samples"]) == ["red.png", "sub/green.jpg"]
+    s = D.load_sample(D.list_samples(out)[0])
+    assert s["meta"]["generator"] == "mvboost" and s["meta"]["settings"]["strength"] == 0.95
+    assert s["cameras"].projection == "orthographic" and len(s["cameras"]) == 6
+    assert s["refined_color"].shape == (6, 128, 128, 3) and s["lgm_input"].shape == (4, 16, 16, 3)
+    assert s["era3d_normal"].shape == (6, 128, 128, 3)
+    assert s["meta"]["seed"] == D.derive_seed(0, s["meta"]["source"])
+    # rerun: everything already complete
+    p2 = H.run_cli(["boost-data", "--images", str(imgs), "--out", str(out), "--era3d", str(era3d), "--lgm", str(ck),
+                    "--lgm-config", str(opts), "--steps", "2", "--device", "cpu"])
+    assert "0 generated, 2 already complete" in p2.stdout
+    # one training step on the real-chain data (in-process, single process)
+    from mvboost_core.boost.train import TrainConfig, train_lora
+
+    res = train_lora(TrainConfig(data=str(out), lgm=str(ck), lgm_config=str(opts), out=str(tmp_path / "l.safetensors"),
+                                 rank=2, steps=1, lpips_random=True, lpips_size=64, cpu=True))
+    assert res.adapter and res.steps == 1 and res.losses[0]["loss"] > 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 __all__ = ["register", "main", "cmd_boost_data", "cmd_train_lora"]
 
@@ -118,27 +119,38 @@ def _device(arg: str):
 def cmd_boost_data(args) -> int:
     from .dataset import MVBoostGenerator, SyntheticGenerator, generate_dataset, list_images
 
-    base = None
     device = _device(args.device)
-    if args.lgm:
+    dtype = None if args.dtype == "auto" else args.dtype
+
+    def load_base():
         from ..lgm import load_lgm
 
-        base = load_lgm(args.lgm, config=args.lgm_config, device=device,
-                        dtype=None if args.dtype == "auto" else args.dtype)
+        return load_lgm(args.lgm, config=args.lgm_config, device=device, dtype=dtype)
+
     if args.synthetic is not None:
         if args.synthetic < 1:
             raise SystemExit("--synthetic needs N >= 1")
+        base = load_base() if args.lgm else None
         in_size = base.config.input_size if base is not None else args.size
         gen = SyntheticGenerator(input_size=in_size, render_size=args.size, n_views=args.views, base_lgm=base)
         items = [f"synthetic_{i:06d}" for i in range(args.synthetic)]
     else:
-        if not args.era3d or base is None:
+        if not args.era3d or not args.lgm:
             raise SystemExit("boost-data --images needs --era3d FOLDER and --lgm CHECKPOINT")
-        from ..era3d import load_era3d
 
-        era3d = load_era3d(args.era3d, device=device, dtype=None if args.dtype == "auto" else args.dtype)
-        gen = MVBoostGenerator(era3d, base, args.images, strength=args.strength, steps=args.steps,
-                               refine_steps=args.refine_steps, guidance=args.guidance, crop_size=args.crop_size)
+        def load_era3d():
+            from ..era3d import load_era3d as _load
+
+            return _load(args.era3d, device=device, dtype=dtype)
+
+        name = None
+        if args.lgm_config:
+            from ..lgm import get_config
+
+            name = get_config(args.lgm_config).name
+        gen = MVBoostGenerator(load_era3d, load_base, args.images, strength=args.strength, steps=args.steps,
+                               refine_steps=args.refine_steps, guidance=args.guidance, crop_size=args.crop_size,
+                               lgm_config_name=name or Path(args.lgm).stem)
         items = list_images(args.images)
     rep = generate_dataset(args.out, items, gen, seed=args.seed, verify=args.verify, on_error=args.on_error)
     print(f"[rank {rep.rank}/{rep.world_size}] boost-data: {len(rep.generated)} generated, {len(rep.skipped)} "

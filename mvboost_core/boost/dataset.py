@@ -273,6 +273,13 @@ class SyntheticGenerator:
         }
 
 
+def _is_loader(x) -> bool:
+    import functools
+    import types
+
+    return isinstance(x, (types.FunctionType, functools.partial))
+
+
 class MVBoostGenerator:
     """The real MVBoost chain for one input image (RGBA, or RGB with a white/uniform background).
 
@@ -285,23 +292,42 @@ class MVBoostGenerator:
     name = "mvboost"
 
     def __init__(self, era3d, lgm, images_dir: str | os.PathLike, *, strength: float = 0.95, steps: int = 40,
-                 refine_steps: int | None = None, guidance: float = 3.0, crop_size: int = 420):
-        self.era3d, self.lgm, self.images_dir = era3d, lgm, Path(images_dir)
+                 refine_steps: int | None = None, guidance: float = 3.0, crop_size: int = 420,
+                 lgm_config_name: str | None = None):
+        """``era3d`` / ``lgm``: loaded models, or zero-argument callables that load them on first use (so a rerun
+        whose samples are all complete never loads a model)."""
+        self._era3d, self._lgm, self.images_dir = era3d, lgm, Path(images_dir)
         self.strength, self.steps, self.guidance, self.crop_size = float(strength), int(steps), float(guidance), crop_size
         self.refine_steps = int(refine_steps or steps)
+        self.lgm_config_name = lgm_config_name
+
+    @property
+    def era3d(self):
+        if _is_loader(self._era3d):
+            self._era3d = self._era3d()
+        return self._era3d
+
+    @property
+    def lgm(self):
+        if _is_loader(self._lgm):
+            self._lgm = self._lgm()
+        return self._lgm
 
     def settings(self) -> dict:
+        name = self.lgm_config_name
+        if name is None and isinstance(self._lgm, torch.nn.Module):
+            name = getattr(getattr(self._lgm, "config", None), "name", None)
         return {"strength": self.strength, "steps": self.steps, "refine_steps": self.refine_steps,
-                "guidance": self.guidance, "crop_size": self.crop_size,
-                "lgm_config": getattr(getattr(self.lgm, "config", None), "name", None)}
+                "guidance": self.guidance, "crop_size": self.crop_size, "lgm_config": name}
 
     def load_image(self, item: str) -> tuple[Tensor, Tensor]:
         """``(rgba [H,W,4] float 0..1, mask [H,W])``; images without alpha get mask = non-white pixels."""
+        import numpy as np
         from PIL import Image
 
         with Image.open(self.images_dir / item) as im:
             has_alpha = im.mode in ("RGBA", "LA") or "transparency" in im.info
-            arr = torch.from_numpy(__import__("numpy").asarray(im.convert("RGBA"))).float() / 255.0
+            arr = torch.from_numpy(np.array(im.convert("RGBA"))).float() / 255.0
         if not has_alpha:
             arr[..., 3] = ((arr[..., :3] < 0.98).any(-1)).float()
         return arr, arr[..., 3]
