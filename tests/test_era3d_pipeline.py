@@ -497,3 +497,23 @@ def test_float16_weights_on_disk_load_like_the_release(era3d_dir, io, tmp_path):
     err = float((got - io["images"]).abs().max())
     print(f"fp16-on-disk weights vs fp32 reference: max |images diff| = {err:.2e}")
     assert err < 2e-2, err  # measured 5.4e-3: fp16 rounding of the weights only
+
+
+def test_upstream_prompt_embedding_files_can_be_used(era3d_dir, io, tmp_path):
+    """Upstream ships fixed_prompt_embeds_6view/{normal_embeds,clr_embeds}.pt (float16): usable as is."""
+    from mvboost_core.era3d.pipeline import Era3DLoadError, load_era3d, load_upstream_prompt_embeds
+
+    d = tmp_path / "fixed_prompt_embeds_6view"
+    d.mkdir()
+    torch.save(io["normal_prompt_embeds"].half(), d / "normal_embeds.pt")
+    torch.save(io["color_prompt_embeds"].half(), d / "clr_embeds.pt")
+    n, c = load_upstream_prompt_embeds(d)
+    assert torch.equal(n, io["normal_prompt_embeds"]) and torch.equal(c, io["color_prompt_embeds"])  # fp16-exact
+    p = load_era3d(era3d_dir / "micro_pipeline", prompt_embeds=d)
+    assert torch.equal(p.prompt_embeds, io["prompt_embeds_cfg"][[*range(6), *range(12, 18)]])
+    torch.save({"not": "a tensor"}, d / "clr_embeds.pt")
+    with pytest.raises(Era3DLoadError, match=r"\[6,77,D\]"):
+        load_upstream_prompt_embeds(d)
+    (d / "clr_embeds.pt").unlink()
+    with pytest.raises(Era3DLoadError, match="clr_embeds.pt not found"):
+        load_upstream_prompt_embeds(d)

@@ -12,10 +12,11 @@ from .pipeline import (
     compute_prompt_embeds,
     era3d_prompts,
     load_era3d,
+    load_upstream_prompt_embeds,
 )
 from .preprocess import Era3DInputError, alpha_from_comfy_mask, preprocess_image
 
 __all__ += [
     "Era3DPipeline", "Era3DCondition", "Era3DLoadError", "load_era3d", "era3d_prompts", "compute_prompt_embeds",
-    "Era3DInputError", "alpha_from_comfy_mask", "preprocess_image",
+    "load_upstream_prompt_embeds", "Era3DInputError", "alpha_from_comfy_mask", "preprocess_image",
 ]

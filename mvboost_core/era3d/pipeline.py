@@ -52,6 +52,7 @@ __all__ = [
     "load_era3d",
     "era3d_prompts",
     "compute_prompt_embeds",
+    "load_upstream_prompt_embeds",
     "resolve_dtype",
     "PROMPT_TEMPLATE",
     "REQUIRED_COMPONENTS",
@@ -130,6 +131,32 @@ def compute_prompt_embeds(tokenizer, text_encoder) -> tuple[Tensor, Tensor]:
         ids = tokenizer(prompts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
         h = text_encoder(ids.input_ids.to(dev))[0]
         out.append(h.to(torch.float16).to(torch.float32).cpu())
+    return out[0], out[1]
+
+
+def load_upstream_prompt_embeds(folder) -> tuple[Tensor, Tensor]:
+    """Upstream's shipped prompt embeddings: ``<folder>/normal_embeds.pt`` and ``<folder>/clr_embeds.pt``
+    (``mvdiffusion/data/fixed_prompt_embeds_6view`` in github pengHTYX/Era3D; float16 ``[6,77,1024]`` each, view order
+    front, front_right, right, back, left, front_left). Loaded with ``weights_only=True`` (nothing is unpickled).
+
+    Returns ``(normal, color)`` float32 on CPU.
+    """
+    folder = Path(os.fspath(folder))
+    out = []
+    for name in ("normal_embeds.pt", "clr_embeds.pt"):
+        f = folder / name
+        if not f.is_file():
+            raise Era3DLoadError(
+                f"{f} not found: give the folder holding upstream's normal_embeds.pt and clr_embeds.pt "
+                "(github pengHTYX/Era3D, mvdiffusion/data/fixed_prompt_embeds_6view)"
+            )
+        try:
+            t = torch.load(str(f), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise Era3DLoadError(f"{f} is not a plain tensor file loadable with weights_only=True: {exc}") from exc
+        if not isinstance(t, Tensor) or t.ndim != 3 or t.shape[0] != len(ERA3D_VIEWS):
+            raise Era3DLoadError(f"{f} must hold one [6,77,D] tensor, got {getattr(t, 'shape', type(t).__name__)}")
+        out.append(t.float())
     return out[0], out[1]
 
 
@@ -903,7 +930,7 @@ def load_era3d(
     device=None,
     dtype=None,
     *,
-    prompt_embeds: Optional[Sequence[Tensor]] = None,
+    prompt_embeds=None,
     cache_prompt_embeds: bool = True,
 ) -> Era3DPipeline:
     """Load an Era3D diffusers folder (the released ``pengHTYX/MacLab-Era3D-512-6view`` layout).
@@ -918,7 +945,9 @@ def load_era3d(
     ``text_encoder``/``tokenizer`` (fp32, rounded to fp16 like upstream's shipped ``.pt`` files), cached in
     ``<path>/mvboost_prompt_embeds.safetensors`` (atomic write; kept in memory only if the folder is read-only, i.e.
     not writable or without any write permission bit; invalidated when the text encoder changes) and the text encoder is freed. Pass ``prompt_embeds=(normal [6,77,D],
-    color [6,77,D])`` to skip this.
+    color [6,77,D])`` to skip this, or the path of upstream's ``mvdiffusion/data/fixed_prompt_embeds_6view`` folder
+    (``normal_embeds.pt`` + ``clr_embeds.pt``, the exact tensors the reference used; see
+    :func:`load_upstream_prompt_embeds`).
 
     Args:
         path: the folder.
@@ -980,7 +1009,9 @@ def load_era3d(
             f"from different models; {_FIX_HINT}"
         )
 
-    if prompt_embeds is not None:
+    if isinstance(prompt_embeds, (str, os.PathLike)):
+        n, c = load_upstream_prompt_embeds(prompt_embeds)
+    elif prompt_embeds is not None:
         n, c = (torch.as_tensor(t).float().cpu() for t in prompt_embeds)
     else:
         n, c = _load_prompt_embeds(root, cache_prompt_embeds)
