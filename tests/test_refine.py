@@ -2,7 +2,6 @@
 the micro Era3D pipeline (strength 0 = VAE round trip of the renders, strength 1 = renders ignored)."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
@@ -144,26 +143,20 @@ def test_refine_strength_0_is_the_vae_round_trip_of_the_renders(micro_era3d, one
     torch.testing.assert_close(out.normals.images, rt_n, atol=1e-5, rtol=0)
     assert out.colors.cameras.projection == "orthographic"
     assert out.info["strength"] == 0.0 and out.info["denoise_steps"] == 0
-    # a different object gives a different round trip (the renders really are the input)
-    out2 = refine_views(pipe, _discs(offset=(0.0, 0.3, 0.0)).replace(colors=torch.rand(120, 3)), cond,
-                        strength=0.0, steps=3, seed=0, backend="torch")
-    assert float((out2.colors.images - out.colors.images).abs().max()) > 1e-2
 
 
 def test_refine_strength_1_ignores_the_renders(micro_era3d, one_thread):
     pipe, io = micro_era3d
     cond = pipe.preprocess(io["input_rgba"])
-    a = refine_views(pipe, _discs(), cond, strength=1.0, steps=3, seed=5, backend="torch")
-    b = refine_views(pipe, _discs(offset=(0.1, 0.0, 0.0)).replace(colors=torch.rand(120, 3)), cond, strength=1.0,
-                     steps=3, seed=5, backend="torch")
-    torch.testing.assert_close(a.colors.images, b.colors.images, atol=1e-6, rtol=0)
-    torch.testing.assert_close(a.normals.images, b.normals.images, atol=1e-6, rtol=0)
-    # ... and equals plain generation from the same condition and seed
-    ref = pipe.generate_from_condition_image(cond, seed=5, steps=3)
+    a = refine_views(pipe, _discs(), cond, strength=1.0, steps=2, seed=5, backend="torch")
+    # identical to plain generation from the same condition and seed: the renders played no part
+    ref = pipe.generate_from_condition_image(cond, seed=5, steps=2)
     torch.testing.assert_close(a.colors.images, ref.colors.images, atol=1e-5, rtol=0)
-    # an intermediate strength depends on the renders
-    c = refine_views(pipe, _discs(), cond, strength=0.67, steps=3, seed=5, backend="torch")
+    torch.testing.assert_close(a.normals.images, ref.normals.images, atol=1e-5, rtol=0)
+    # an intermediate strength (1 of 2 steps re-run) depends on the renders
+    c = refine_views(pipe, _discs(), cond, strength=0.5, steps=2, seed=5, backend="torch")
     d = refine_views(pipe, _discs(offset=(0.1, 0.0, 0.0)).replace(colors=torch.rand(120, 3)), cond,
-                     strength=0.67, steps=3, seed=5, backend="torch")
+                     strength=0.5, steps=2, seed=5, backend="torch")
+    assert c.info["denoise_steps"] == 1
     assert float((c.colors.images - d.colors.images).abs().max()) > 1e-3
-    assert math.isclose(c.info["strength"], 0.67)
+    assert float((c.colors.images - a.colors.images).abs().max()) > 1e-3
