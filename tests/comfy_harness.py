@@ -954,6 +954,75 @@ def parse_gaussian_ply_like_core(data: bytes):
     return xyz, scale, rot, opacity, sh
 
 
+def parse_gaussian_splat_like_core(data: bytes):
+    """antimatter15 .splat with core's rules: 32-byte records (f32 xyz, f32 linear scale, u8 rgba, u8 quat wxyz as
+    (b - 128) / 128, normalised); opacity = a / 255, base colour = rgb / 255 (as SH DC)."""
+    import numpy as np
+
+    if len(data) % 32:
+        raise ValueError(".splat size is not a multiple of 32 bytes")
+    rec = np.frombuffer(data, np.dtype([("xyz", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4), ("q", "u1", 4)]))
+    rgba = rec["rgba"].astype(np.float32) / 255.0
+    q = (rec["q"].astype(np.float32) - 128.0) / 128.0
+    q = q / np.clip(np.linalg.norm(q, axis=1, keepdims=True), 1e-12, None)
+    sh = ((rgba[:, :3] - 0.5) / SH_C0)[:, None, :]
+    return rec["xyz"].astype(np.float32), rec["scale"].astype(np.float32), q, rgba[:, 3].copy(), sh
+
+
+def parse_gaussian_spz_like_core(data: bytes):
+    """Niantic .spz (gzip, versions 2/3) with core's rules: 24-bit fixed-point positions (header fractional bits),
+    alpha = b / 255, rgb = (b / 255 - 0.5) * (SH_C0 / 0.15) + 0.5, scale = exp(b / 16 - 10), rotation v3 =
+    smallest-three (2 bits index + 3 x (sign + 9 bits)), v2 = 3 bytes xyz (b / 127.5 - 1) with w >= 0."""
+    import gzip
+    import math
+    import struct
+
+    import numpy as np
+
+    raw = gzip.decompress(data)
+    magic, version, n = struct.unpack_from("<III", raw, 0)
+    if magic != 0x5053474E or version not in (2, 3):
+        raise ValueError("unsupported .spz")
+    frac = raw[13]
+    off = 16
+    b = np.frombuffer(raw, np.uint8, count=n * 9, offset=off).reshape(n, 3, 3).astype(np.int64)
+    v = (b[..., 2] << 16) | (b[..., 1] << 8) | b[..., 0]
+    xyz = (np.where(v & 0x800000, v - 0x1000000, v) / float(1 << frac)).astype(np.float32)
+    off += n * 9
+    alpha = np.frombuffer(raw, np.uint8, count=n, offset=off).astype(np.float32) / 255.0
+    off += n
+    cb = np.frombuffer(raw, np.uint8, count=n * 3, offset=off).reshape(n, 3).astype(np.float32)
+    off += n * 3
+    rgb = (cb / 255.0 - 0.5) * (SH_C0 / 0.15) + 0.5
+    sb = np.frombuffer(raw, np.uint8, count=n * 3, offset=off).reshape(n, 3).astype(np.float32)
+    off += n * 3
+    scale = np.exp(sb / 16.0 - 10.0)
+    if version == 3:
+        qb = np.frombuffer(raw, np.uint8, count=n * 4, offset=off).reshape(n, 4).astype(np.int64)
+        word = qb[:, 0] | (qb[:, 1] << 8) | (qb[:, 2] << 16) | (qb[:, 3] << 24)
+        largest = (word >> 30) & 3
+        q = np.zeros((n, 4), np.float64)  # x, y, z, w
+        rest, sumsq = word.copy(), np.zeros(n)
+        for comp in (3, 2, 1, 0):
+            active = comp != largest
+            val = (1.0 / math.sqrt(2)) * ((rest & 0x1FF) / 511.0)
+            val = np.where(((rest >> 9) & 1) == 1, -val, val)
+            rest = np.where(active, rest >> 10, rest)
+            q[active, comp] = val[active]
+            sumsq += np.where(active, val * val, 0.0)
+        q[np.arange(n), largest] = np.sqrt(np.clip(1.0 - sumsq, 0, None))
+        q = np.stack([q[:, 3], q[:, 0], q[:, 1], q[:, 2]], 1)
+    else:
+        xq = np.frombuffer(raw, np.uint8, count=n * 3, offset=off).reshape(n, 3).astype(np.float64) / 127.5 - 1.0
+        q = np.concatenate([np.sqrt(np.clip(1.0 - (xq ** 2).sum(1), 0, None))[:, None], xq], 1)
+    q = (q / np.clip(np.linalg.norm(q, axis=1, keepdims=True), 1e-12, None)).astype(np.float32)
+    return xyz, scale.astype(np.float32), q, alpha, ((rgb - 0.5) / SH_C0)[:, None, :].astype(np.float32)
+
+
+CORE_PARSERS = {"ply": "parse_gaussian_ply_like_core", "splat": "parse_gaussian_splat_like_core",
+                "spz": "parse_gaussian_spz_like_core"}
+
+
 def write_gaussian_ply_like_core(positions, scales, rotations, opacities, sh) -> bytes:
     """Serialise one splat item the way core's Create 3D File (from Splat) writes .ply (full 3DGS layout).
 
@@ -995,9 +1064,10 @@ def _core_splat_nodes() -> dict:
             import numpy as np
             import torch
 
-            if (model_3d.format or "ply") != "ply":
-                raise NotImplementedError("the harness stand-in parses .ply only")
-            xyz, scale, rot, opacity, sh = parse_gaussian_ply_like_core(model_3d.get_bytes())
+            fmt = model_3d.format or "ply"
+            if fmt not in CORE_PARSERS:
+                raise NotImplementedError(f"the harness stand-in parses {sorted(CORE_PARSERS)} only, not {fmt!r}")
+            xyz, scale, rot, opacity, sh = globals()[CORE_PARSERS[fmt]](model_3d.get_bytes())
             t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float()  # noqa: E731
             return (SplatStandIn(t(xyz)[None], t(scale)[None], t(rot)[None], t(opacity).reshape(1, -1, 1),
                                  t(sh)[None]),)

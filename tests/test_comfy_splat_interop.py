@@ -251,3 +251,29 @@ def test_native_splat_example_workflow_matches_the_pack(comfy_env_2026):
         assert nodes[src]["outputs"][sslot]["type"] == typ
         if dst in ours:
             assert nodes[dst]["inputs"][dslot]["type"] == typ
+
+
+@pytest.mark.parametrize("fmt,pos_tol,col_tol,op_tol,scale_rtol,cov_tol", [
+    ("ply_full", 2e-7, 1e-6, 1e-6, 1e-6, 1e-9),
+    ("splat", 0.0, 2.5e-3, 2.5e-3, 1e-6, 5e-3),
+    ("spz", 2e-4, 5e-3, 2.5e-3, 3.5e-2, 5e-3),
+])
+def test_every_saved_format_parsed_by_core_rules_matches(comfy_env_2026, fmt, pos_tol, col_tol, op_tol, scale_rtol,
+                                                         cov_tol):
+    """Save Gaussians (axes y_down) -> model_3d -> core Get Splat rules -> From ComfyUI Splat == the input, within
+    each format's quantisation (.splat: u8 colour/opacity/rotation; .spz: 12-bit fixed point, u8 everything)."""
+    env = comfy_env_2026
+    g = blob(env.core, n=80, seed=9)
+    g = g.replace(colors=g.colors.clamp(0.1, 0.9))  # spz colour bytes saturate near 0 / 1
+    _, f3d = env.run_node("MVBoostSaveGaussians", gaussians=g, filename_prefix="fmt/g", format=fmt, preview=False,
+                          prune_opacity=0.0, axes="y_down (3DGS / ComfyUI splat)")
+    (splat,) = env.run_node("File3DToSplat", model_3d=f3d)
+    (back,) = env.run_node("MVBoostFromComfySplat", splat=splat)
+    assert len(back) == len(g)
+    g = g[torch.cdist(back.means, g.means).argmin(dim=1)]  # .splat sorts its records
+    torch.testing.assert_close(back.means, g.means, atol=pos_tol, rtol=0)
+    torch.testing.assert_close(back.colors, g.colors, atol=col_tol, rtol=0)
+    torch.testing.assert_close(back.opacities, g.opacities, atol=op_tol, rtol=0)
+    torch.testing.assert_close(back.scales, g.scales, rtol=scale_rtol, atol=2e-8)  # ply: log(s + 1e-8)
+    dots = (back.quats * g.quats).sum(-1).abs()
+    assert float(dots.min()) > 1 - cov_tol, float(dots.min())
