@@ -511,6 +511,12 @@ def test_upstream_prompt_embedding_files_can_be_used(era3d_dir, io, tmp_path):
     assert torch.equal(n, io["normal_prompt_embeds"]) and torch.equal(c, io["color_prompt_embeds"])  # fp16-exact
     p = load_era3d(era3d_dir / "micro_pipeline", prompt_embeds=d)
     assert torch.equal(p.prompt_embeds, io["prompt_embeds_cfg"][[*range(6), *range(12, 18)]])
+    # dropped into the model folder, they are picked up automatically (no text encoder needed)
+    folder = _copy_micro(era3d_dir, tmp_path)
+    shutil.copytree(d, folder / "fixed_prompt_embeds_6view")
+    shutil.rmtree(folder / "text_encoder")
+    p2 = load_era3d(folder)
+    assert torch.equal(p2.prompt_embeds, p.prompt_embeds)
     torch.save({"not": "a tensor"}, d / "clr_embeds.pt")
     with pytest.raises(Era3DLoadError, match=r"\[6,77,D\]"):
         load_upstream_prompt_embeds(d)

@@ -69,6 +69,10 @@ REQUIRED_COMPONENTS = (
 )
 TEXT_COMPONENTS = ("text_encoder", "tokenizer")
 
+#: Optional sub-folder of an Era3D folder holding upstream's shipped ``normal_embeds.pt`` / ``clr_embeds.pt``; used
+#: instead of the text encoder when present (bit-identical to the reference's prompt embeddings).
+UPSTREAM_PROMPT_DIR = "fixed_prompt_embeds_6view"
+
 #: File written next to the components (inside the model folder) holding the 12 fixed prompt embeddings.
 PROMPT_CACHE_NAME = "mvboost_prompt_embeds.safetensors"
 _PROMPT_CACHE_FORMAT = "mvboost-era3d-prompt-embeds-v1"
@@ -947,7 +951,8 @@ def load_era3d(
     not writable or without any write permission bit; invalidated when the text encoder changes) and the text encoder is freed. Pass ``prompt_embeds=(normal [6,77,D],
     color [6,77,D])`` to skip this, or the path of upstream's ``mvdiffusion/data/fixed_prompt_embeds_6view`` folder
     (``normal_embeds.pt`` + ``clr_embeds.pt``, the exact tensors the reference used; see
-    :func:`load_upstream_prompt_embeds`).
+    :func:`load_upstream_prompt_embeds`). Such a folder copied to ``<path>/fixed_prompt_embeds_6view/`` is used
+    automatically.
 
     Args:
         path: the folder.
@@ -967,6 +972,9 @@ def load_era3d(
     root = Path(os.fspath(path)).expanduser()
     device = torch.device(device) if device is not None else torch.device("cpu")
     dt = resolve_dtype(dtype, device)
+    upstream_pe = root / UPSTREAM_PROMPT_DIR
+    if prompt_embeds is None and all((upstream_pe / f).is_file() for f in ("normal_embeds.pt", "clr_embeds.pt")):
+        prompt_embeds = upstream_pe
     have_cache = (root / PROMPT_CACHE_NAME).is_file()
     _check_folder(root, need_text=prompt_embeds is None and not (cache_prompt_embeds and have_cache))
 
