@@ -124,3 +124,32 @@ def test_bf16_close_to_fp32(lgm_fixtures):
     assert d[..., :3].mean() < 0.05 and d[..., 11:].mean() < 0.03, (d[..., :3].mean(), d[..., 11:].mean())
     other = (io["gaussians"][0, :, :3] - io["gaussians"][0, :, :3].roll(1000, 0)).abs().mean()
     assert d[..., :3].mean() < 0.2 * other  # far closer than an unrelated output
+
+
+def test_prepare_input_validation_and_rgba():
+    rgb = torch.rand(1, 4, 32, 32, 3)
+    alpha = (torch.rand(1, 4, 32, 32, 1) > 0.5).float()
+    on_white = rgb * alpha + (1 - alpha)
+    x_rgba = prepare_lgm_input(torch.cat([rgb, alpha], -1), size=32)
+    assert torch.equal(x_rgba, prepare_lgm_input(on_white, size=32))
+    with pytest.raises(ValueError, match="exactly 4 views"):
+        prepare_lgm_input(torch.rand(1, 3, 32, 32, 3))
+    with pytest.raises(ValueError, match="3 RGB channels"):
+        prepare_lgm_input(torch.rand(1, 4, 3, 32, 32))  # channels-first by mistake
+    x = prepare_lgm_input(torch.rand(4, 48, 48, 3), size=32)  # unbatched, resized
+    assert x.shape == (1, 4, 9, 32, 32)
+    with pytest.raises(ValueError, match="expects 64x64"):
+        LGM("micro").forward_gaussians(x)
+
+
+def test_views_from_images_pads_and_resizes():
+    from mvboost_core.lgm import views_from_images
+
+    wide = torch.zeros(20, 40, 3)  # black, non-square
+    out = views_from_images([wide, torch.zeros(64, 64, 3), torch.zeros(16, 16, 4), torch.zeros(1, 64, 64, 3)], 64)
+    assert out.shape == (4, 64, 64, 3)
+    assert torch.all(out[0, :8] == 1.0) and torch.all(out[0, -8:] == 1.0)  # white padding above/below
+    assert torch.all(out[0, 24:40] == 0.0)
+    assert torch.all(out[2] == 1.0)  # fully transparent RGBA -> white
+    with pytest.raises(ValueError, match="exactly 4 views"):
+        views_from_images([wide] * 3, 64)
