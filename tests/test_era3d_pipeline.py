@@ -523,3 +523,19 @@ def test_upstream_prompt_embedding_files_can_be_used(era3d_dir, io, tmp_path):
     (d / "clr_embeds.pt").unlink()
     with pytest.raises(Era3DLoadError, match="clr_embeds.pt not found"):
         load_upstream_prompt_embeds(d)
+
+
+def test_sampling_from_given_clip_and_prompt_embeddings(pipe, io):
+    """Lower-level entry: stored CLIP embeds + noise + prompts -> the reference's class labels and first step."""
+    ci = io["imgs_in"][0].permute(1, 2, 0)
+    prompts = io["prompt_embeds_cfg"][[*range(6), *range(12, 18)]]  # [normal ; color] from the CFG layout
+    cond = pipe.encode_condition(ci, clip_embeds=io["clip_embeds"], clip_noise=io["clip_noise"], prompt_embeds=prompts)
+    assert cond.clip_pixel_values is None and torch.equal(cond.prompt_embeds, prompts)
+    _close(cond.image_embeds, io["image_embeds"], 2e-5, 1e-5, "image_embeds from given clip embeds")
+    tr: dict = {}
+    x, pose = pipe.sample(cond, io["init_latents"], steps=3, guidance=3.0, eta=0.0, trace=tr)
+    _close(tr["unet_out_sample"], io["unet_out_sample"], 2e-4, 0, "unet_out_sample")
+    _close(x, io["latents_steps"][-1], 2e-4, 0, "latents")
+    assert pose.shape == (1, 2)
+    with pytest.raises(ValueError, match="prompt_embeds must be"):
+        pipe.encode_condition(ci, clip_embeds=io["clip_embeds"], prompt_embeds=io["prompt_embeds_cfg"])

@@ -287,8 +287,8 @@ class Era3DCondition:
         cond_image: ``[H,W,3]`` float32 in [0,1], the preprocessed input (white background).
         cond_image_uint8: ``[H,W,3]`` uint8 = ``trunc(cond_image*255)`` (upstream's ``TF.to_pil_image``); CLIP and
             the VAE see this image, not ``cond_image``.
-        clip_pixel_values: ``[1,3,S,S]`` CLIPImageProcessor output.
-        clip_embeds: ``[1,Dc]`` CLIP ``image_embeds`` before noising.
+        clip_pixel_values: ``[1,3,S,S]`` CLIPImageProcessor output (None if ``clip_embeds`` were given).
+        clip_embeds: ``[1,Dc]`` (or ``[12,Dc]`` if given per sample) CLIP ``image_embeds`` before noising.
         clip_noise: ``[12,Dc]`` the unCLIP noise (one row per sample, upstream draws 12).
         image_embeds: ``[12,2*Dc]`` unCLIP class labels ``[normals(6) ; colors(6)]`` = noised embeds (level 0) ++
             the sinusoidal embedding of noise level 0 (``flip_sin_to_cos=True``: cos half first).
@@ -298,7 +298,7 @@ class Era3DCondition:
 
     cond_image: Tensor
     cond_image_uint8: Tensor
-    clip_pixel_values: Tensor
+    clip_pixel_values: Optional[Tensor]
     clip_embeds: Tensor
     clip_noise: Tensor
     image_embeds: Tensor
@@ -440,14 +440,21 @@ class Era3DPipeline:
         generator: Optional[torch.Generator] = None,
         clip_noise: Optional[Tensor] = None,
         clip_pixel_values: Optional[Tensor] = None,
+        clip_embeds: Optional[Tensor] = None,
+        prompt_embeds: Optional[Tensor] = None,
     ) -> Era3DCondition:
         """unCLIP + VAE conditioning of a preprocessed image (upstream ``_encode_image``).
+
+        Every stage can be replaced by given values (parity tests, experiments):
 
         Args:
             cond_image: ``[H,W,3]`` (or ``[3,H,W]``) float in [0,1] at the model resolution, white background.
             generator: CPU generator the unCLIP noise ``[12,Dc]`` is drawn from (float32); ignored if ``clip_noise``.
             clip_noise: explicit unCLIP noise ``[12,Dc]``.
-            clip_pixel_values: explicit CLIP input ``[1|12,3,S,S]`` (skips the feature extractor).
+            clip_pixel_values: explicit CLIP input ``[1|12,3,S,S]`` (skips the feature extractor; row 0 is used).
+            clip_embeds: explicit CLIP ``image_embeds`` ``[1,Dc]`` or per sample ``[12,Dc]`` (skips CLIP entirely).
+            prompt_embeds: explicit prompt embeddings ``[12,77,D]`` ``[normal(6) ; color(6)]`` for this call
+                (default: the pipeline's fixed ones).
         """
         img = torch.as_tensor(cond_image).detach().float().cpu()
         if img.ndim == 3 and img.shape[0] == 3 and img.shape[-1] != 3:
@@ -461,13 +468,18 @@ class Era3DPipeline:
         V = self.num_views
         # Upstream converts the float image to PIL with torchvision's to_pil_image: x*255 truncated to uint8.
         u8 = (img.contiguous() * 255).to(torch.uint8)
-        if clip_pixel_values is None:
-            clip_pixel_values = self.feature_extractor(
-                images=self._clip_processor_input(u8.numpy()), return_tensors="pt"
-            ).pixel_values
-        clip_pixel_values = clip_pixel_values[:1].float()
-        enc_dtype = next(self.image_encoder.parameters()).dtype
-        clip_embeds = self.image_encoder(clip_pixel_values.to(dev, enc_dtype)).image_embeds.float()
+        if clip_embeds is None:
+            if clip_pixel_values is None:
+                clip_pixel_values = self.feature_extractor(
+                    images=self._clip_processor_input(u8.numpy()), return_tensors="pt"
+                ).pixel_values
+            clip_pixel_values = clip_pixel_values[:1].float()
+            enc_dtype = next(self.image_encoder.parameters()).dtype
+            clip_embeds = self.image_encoder(clip_pixel_values.to(dev, enc_dtype)).image_embeds.float()
+        else:
+            clip_embeds = torch.as_tensor(clip_embeds).float().to(dev)
+            if clip_embeds.ndim != 2 or clip_embeds.shape[0] not in (1, 2 * V):
+                raise ValueError(f"clip_embeds must be [1,Dc] or [{2 * V},Dc], got {list(clip_embeds.shape)}")
         Dc = clip_embeds.shape[-1]
         if clip_noise is None:
             clip_noise = torch.randn((2 * V, Dc), generator=generator, dtype=torch.float32)
@@ -478,6 +490,10 @@ class Era3DPipeline:
         vae_dtype = next(self.vae.parameters()).dtype
         cond_latents = self.vae.encode(x.to(dev, vae_dtype)).latent_dist.mode().float()
         cond_latents = cond_latents * float(self.vae.config.scaling_factor)
+        if prompt_embeds is None:
+            prompt_embeds = self.prompt_embeds
+        elif tuple(prompt_embeds.shape) != tuple(self.prompt_embeds.shape):
+            raise ValueError(f"prompt_embeds must be {list(self.prompt_embeds.shape)}, got {list(prompt_embeds.shape)}")
         return Era3DCondition(
             cond_image=img,
             cond_image_uint8=u8,
@@ -486,7 +502,7 @@ class Era3DPipeline:
             clip_noise=clip_noise.cpu(),
             image_embeds=image_embeds,
             cond_latents=cond_latents,
-            prompt_embeds=self.prompt_embeds.to(dev),
+            prompt_embeds=prompt_embeds.float().to(dev),
             num_views=V,
         )
 
