@@ -283,3 +283,13 @@ def test_from_folder_half_on_cpu_picks_compute_dtype(era3d_dir):
     assert u.dtype == torch.bfloat16
     expected = torch.float32 if auto_dtype("cpu") == torch.float32 else torch.bfloat16
     assert u.compute_dtype == expected
+
+
+def test_chunked_feed_forward_is_identical(micro_unet, micro_io, monkeypatch):
+    """The memory-saving batch slicing of the feed-forward (on at the 64×64 level of the real model) keeps parity."""
+    from mvboost_core.era3d import blocks
+
+    monkeypatch.setattr(blocks, "FF_CHUNK_TOKENS", 512)  # forces 2-sample slices at 16×16 in the micro model
+    sample, pose = _run(micro_unet, micro_io)
+    torch.testing.assert_close(sample, micro_io["out_sample"], **TOL)
+    torch.testing.assert_close(pose, micro_io["out_pose"], **TOL)

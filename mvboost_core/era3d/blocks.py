@@ -23,6 +23,10 @@ __all__ = [
 ]
 
 
+#: token count per feed-forward slice (see MVTransformerBlock.forward)
+FF_CHUNK_TOKENS = 16384
+
+
 class MVTransformerBlock(nn.Module):
     """norm1→attn1 (joint normal/colour) +res, norm_mv→attn_mv (row-wise MV) +res, norm2→attn2 (cross) +res,
     norm3→GEGLU ff +res. x [B, h·w, C] -> same."""
@@ -59,8 +63,17 @@ class MVTransformerBlock(nn.Module):
             h = self.norm_mv(x)
             x = rowwise_mv_attention(self.attn_mv, h, self.num_views, height, width, axis=self.mv_axis) + x
         x = cross_attention(self.attn2, self.norm2(x), context) + x
-        x = self.ff(self.norm3(x)) + x
-        return x
+        b, l, _ = x.shape
+        if b * l <= 2 * FF_CHUNK_TOKENS:
+            return self.ff(self.norm3(x)) + x
+        # the GEGLU feed-forward is per token: run it on batch slices so its 8·C-wide intermediate stays small
+        # (≈170 MB instead of ≈1 GB at the 64×64 level with batch 12); the result is identical
+        out = torch.empty_like(x)
+        step = max(1, FF_CHUNK_TOKENS // l)
+        for i in range(0, b, step):
+            xs = x[i:i + step]
+            out[i:i + step] = self.ff(self.norm3(xs)) + xs
+        return out
 
 
 class TransformerMV2D(nn.Module):
