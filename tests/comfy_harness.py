@@ -711,7 +711,7 @@ class ComfyEnv:
                         errors.append(f"node {nid} ({ct}): input {iname!r} links to output {val[1]} of node {val[0]} "
                                       f"which has {len(rts)} outputs")
                         continue
-                    if not _types_match(rts[val[1]], typ):
+                    if "input_types" not in vparams and not _types_match(rts[val[1]], typ):
                         errors.append(f"node {nid} ({ct}): return_type_mismatch on {iname!r}: received "
                                       f"{rts[val[1]]}, expected {typ}")
                     out[iname] = val
@@ -743,6 +743,10 @@ class ComfyEnv:
                 errors.append(f"node {nid} ({ct}): unknown inputs {sorted(extra)}")
             if vfn:
                 args = {k: v for k, v in out.items() if not _is_link(v) and (k in vparams or v_kwargs)}
+                if "input_types" in vparams:  # ComfyUI passes the received types of linked inputs
+                    args["input_types"] = {
+                        k: self.all_nodes[wf[v[0]]["class_type"]].RETURN_TYPES[v[1]]
+                        for k, v in out.items() if _is_link(v) and wf.get(v[0], {}).get("class_type") in self.all_nodes}
                 try:
                     r = vfn(**args)
                 except Exception as exc:
