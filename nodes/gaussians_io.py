@@ -174,7 +174,8 @@ if _HOST_FILE3D_TYPE:
     MVBoostSaveGaussians.RETURN_TYPES = ("STRING", _HOST_FILE3D_TYPE)
     MVBoostSaveGaussians.RETURN_NAMES = ("path", "model_3d")
     MVBoostSaveGaussians.OUTPUT_TOOLTIPS = MVBoostSaveGaussians.OUTPUT_TOOLTIPS + (
-        "The saved file as a core 3D-file object (for PreviewGaussianSplat and other core splat nodes).",)
+        "The saved file as a core 3D-file object for Preview Splat / Get Splat / Save 3D Model "
+        "(set axes = y_down so it shows upright there).",)
 
 
 # =====================================================================================================================

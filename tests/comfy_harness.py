@@ -40,6 +40,10 @@ objects for nodes, it is a different module object than a top-level ``import mvb
 ``interrupt()`` (make the next interruption check raise ``env.InterruptProcessingException``),
 ``run_workflow(path_or_dict, overrides=None)``, ``run_node(class_type, **inputs)`` and ``validate_node(node_id)``.
 
+``comfy_env_2026`` is the same on a host with ComfyUI 2026's native splat stack: stand-ins for
+``comfy_api.latest`` (``Types.SPLAT``, ``Types.File3D``, ``IO.Splat``, ``IO.File3DSplatAny``) and the core nodes
+``File3DToSplat`` / ``SplatToFile3D`` (parsing/writing .ply, .splat, .spz with core's documented rules).
+
 ``run_workflow`` validates like ComfyUI before running (unknown class, missing required input, link type
 mismatch, combo value not in list, INT/FLOAT outside min/max, ``VALIDATE_INPUTS``, no output node) and raises
 ``WorkflowError`` listing every problem; then it executes the output nodes and their ancestors in dependency order,
