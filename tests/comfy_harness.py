@@ -1188,3 +1188,47 @@ def ui_to_api_graph(ui: dict, node_classes: dict) -> dict:
                 inputs[iname] = linked[iname]
         out[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return out
+
+
+# ============================================================================ command line
+def main(argv=None) -> int:
+    """Run an API-format workflow headlessly with the stand-in services (no ComfyUI needed).
+
+    python tests/comfy_harness.py workflows/api/render_turntable.json --base /tmp/run \\
+        --input my.ply:gaussians.ply --set 2.frames=8 --set 2.resolution=128
+    Files are copied into <base>/input (``src[:name]``); outputs land in <base>/output, previews in <base>/temp.
+    """
+    import argparse
+    import shutil
+
+    ap = argparse.ArgumentParser(description="Run an API-format workflow with the ComfyUI stand-ins.")
+    ap.add_argument("workflow")
+    ap.add_argument("--base", required=True, help="throwaway ComfyUI base dir (models/, input/, output/, temp/)")
+    ap.add_argument("--input", action="append", default=[], help="file to copy into input/, as SRC[:NAME]")
+    ap.add_argument("--set", action="append", default=[], help="override NODE.INPUT=JSON_VALUE")
+    args = ap.parse_args(argv)
+    env = ComfyEnv(Path(args.base), load_extension())
+    sys.modules.update(env.modules)
+    for spec in args.input:
+        src, _, name = spec.partition(":")
+        shutil.copy(src, env.input_dir / (name or Path(src).name))
+    overrides: dict[str, dict] = {}
+    for spec in args.set:
+        key, _, value = spec.partition("=")
+        nid, _, iname = key.partition(".")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        overrides.setdefault(nid, {})[iname] = parsed
+    res = env.run_workflow(args.workflow, overrides=overrides)
+    for nid in res.order:
+        shapes = [getattr(v[0], "shape", type(v[0]).__name__) if len(v) == 1 else f"list[{len(v)}]"
+                  for v in res.outputs[nid]]
+        print(f"node {nid}: outputs {shapes}" + (f" ui {json.dumps(res.ui[nid])}" if nid in res.ui else ""))
+    print(f"outputs in {env.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
