@@ -1199,7 +1199,6 @@ def main(argv=None) -> int:
     Files are copied into <base>/input (``src[:name]``); outputs land in <base>/output, previews in <base>/temp.
     """
     import argparse
-    import shutil
 
     ap = argparse.ArgumentParser(description="Run an API-format workflow with the ComfyUI stand-ins.")
     ap.add_argument("workflow")
@@ -1208,7 +1207,21 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], help="override NODE.INPUT=JSON_VALUE")
     args = ap.parse_args(argv)
     env = ComfyEnv(Path(args.base), load_extension())
+    saved = {k: sys.modules.get(k) for k in env.modules}
     sys.modules.update(env.modules)
+    try:
+        return _run_cli(env, args)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+
+
+def _run_cli(env: "ComfyEnv", args) -> int:
+    import shutil
+
     for spec in args.input:
         src, _, name = spec.partition(":")
         shutil.copy(src, env.input_dir / (name or Path(src).name))

@@ -186,3 +186,21 @@ def test_load_gaussians_reads_annotated_output_files(comfy_env):
     assert cls.VALIDATE_INPUTS(f"{path} [output]") is True
     (back,) = comfy_env.run_node("MVBoostLoadGaussians", file=f"{path} [output]")
     assert len(back) == 12
+
+
+def test_harness_command_line_runs_the_example(tmp_path, capsys):
+    import sys
+
+    import comfy_harness
+    from mvboost_core.gaussians import Gaussians, save_ply
+
+    q = torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(20, 1)
+    save_ply(Gaussians(means=0.2 * torch.rand(20, 3) - 0.1, opacities=torch.full((20,), 0.8),
+                       scales=torch.full((20, 3), 0.03), quats=q, colors=torch.rand(20, 3)), tmp_path / "b.ply")
+    before = {k: sys.modules.get(k) for k in ("folder_paths", "comfy", "comfy.utils")}
+    assert comfy_harness.main(["workflows/api/render_turntable.json", "--base", str(tmp_path / "run"),
+                               "--input", f"{tmp_path / 'b.ply'}:gaussians.ply", "--set", "2.frames=2",
+                               "--set", "2.resolution=24", "--set", "4.preview=false"]) == 0
+    assert {k: sys.modules.get(k) for k in before} == before  # stand-ins removed again
+    assert (tmp_path / "run" / "output" / "mvboost" / "gaussians_00001_.splat").exists()
+    assert "node 2: outputs [torch.Size([2, 24, 24, 3])" in capsys.readouterr().out
