@@ -166,7 +166,11 @@ def _prepare_target(image: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor,
         # documented fallback: the image is taken to be on white; anything visibly different from white is object
         mask = ((1.0 - rgb).amax(-1) > 0.02).float()
     else:
-        rgb = rgb * mask[..., None] + (1.0 - mask[..., None])
+        # Composite onto white only when the background is not white already: re-compositing an image that is
+        # already "colour·alpha + white·(1-alpha)" with a soft mask would darken its edges.
+        outside = mask < 0.01
+        if bool(outside.any()) and float((1.0 - rgb[outside]).abs().mean()) > 0.02:
+            rgb = rgb * mask[..., None] + (1.0 - mask[..., None])
     return rgb, mask, known
 
 
@@ -224,7 +228,8 @@ def optimize_input_view(
 
     Args:
         gaussians: the object's Gaussians (LGM world). Not modified.
-        image: ``[H,W,3]`` (on white, or any background if ``mask`` is given) or ``[H,W,4]`` RGBA, float in [0,1].
+        image: ``[H,W,3]`` (on white, or any background if ``mask`` is given: an image whose background (mask <
+            0.01) is not white is composited onto white with the mask) or ``[H,W,4]`` RGBA, float in [0,1].
         mask: ``[H,W]`` object mask in [0,1]; default: the alpha channel of an RGBA image, else "not white".
         camera_init: one perspective camera (OpenCV ``c2w``) at the nominal input view; default: LGM's front view
             (elevation 0, azimuth 0, radius 1.5, fovy 49.1°) at the image's size.
@@ -577,7 +582,7 @@ def _adjust(g, target, cam, center, opt, rend, lp, prog, tick, report) -> Gaussi
         adam.zero_grad(set_to_none=True)
         loss.backward()
         adam.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         prog("adjust", it + 1, n)
     g_out = adjusted().detach()
     other = {"per_view_psnr": [], "psnr_min": float("inf"), "max_abs": 0.0, "azimuths": []}
