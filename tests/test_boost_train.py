@@ -86,7 +86,7 @@ def test_resume_after_kill9_reproduces_the_loss_curve(setup, tmp_path):
 
     with safe_open(str(last / "model.safetensors"), framework="pt") as f:
         assert all(".lora_" in k for k in f.keys())
-    assert {"optimizer.bin", "scheduler.bin", "random_states_0.pkl"} <= {
+    assert {"optimizer.bin", "scheduler.bin", "random_states_0.pkl", "adapter.safetensors"} <= {
         q.name for q in last.iterdir()}
     assert len([q for q in ckdir.iterdir() if q.name.startswith("step_")]) == 2  # --keep-checkpoints 2
 

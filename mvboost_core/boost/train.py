@@ -18,7 +18,7 @@ Determinism and resume: the data order is a pure function of ``(seed, micro-step
 from ``torch.Generator().manual_seed(seed + epoch)``; global micro-batch ``k`` takes the next ``batch_size ·
 num_processes`` indices, process ``r`` its ``r``-th slice), so nothing about the data has to be saved. Checkpoints
 (``accelerate.save_state``: LoRA weights only, optimizer, scheduler, RNG states of every process, plus
-``trainer_state.json`` with the step and the loss log) go to ``<checkpoint_dir>/step_<N>`` atomically (written to a
+``trainer_state.json`` with the step and the loss log, plus ``adapter.safetensors`` in the adapter format) go to ``<checkpoint_dir>/step_<N>`` atomically (written to a
 temp folder, renamed) every ``save_every`` optimizer steps. ``resume=True`` restores the newest complete
 checkpoint and continues; the loss curve after resuming equals the uninterrupted run's (tested).
 
@@ -320,7 +320,7 @@ def train_lora(cfg: TrainConfig) -> TrainResult:
         if step % max(1, cfg.log_every) == 0:
             bar.set_postfix(loss=f"{rec['loss']:.4f}", psnr=f"{rec['psnr']:.2f}")
         if cfg.save_every and step % cfg.save_every == 0:
-            _save_checkpoint(acc, ckpt_dir, step, losses, cfg)
+            _save_checkpoint(acc, ckpt_dir, step, losses, cfg, model, base_checksum)
     bar.close()
     acc.wait_for_everyone()
     adapter = None
@@ -361,8 +361,13 @@ def _collate(items: list[dict], device) -> dict[str, Tensor]:
     return {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
 
 
-def _save_checkpoint(acc, ckpt_dir: Path, step: int, losses: list, cfg: TrainConfig) -> None:
-    """``save_state`` into ``.tmp-step_<N>`` then rename to ``step_<N>`` (main process); prune old ones."""
+def _save_checkpoint(acc, ckpt_dir: Path, step: int, losses: list, cfg: TrainConfig, model, base_checksum) -> None:
+    """``save_state`` into ``.tmp-step_<N>`` then rename to ``step_<N>`` (main process); prune old ones.
+
+    Each checkpoint also holds ``adapter.safetensors``: the LoRA at that step in the adapter file format (usable in
+    ``models/lgm_loras/`` as is)."""
+    from .lora import save_adapter
+
     final = ckpt_dir / f"step_{step:08d}"
     tmp = ckpt_dir / f".tmp-step_{step:08d}"
     if acc.is_main_process:
@@ -372,6 +377,8 @@ def _save_checkpoint(acc, ckpt_dir: Path, step: int, losses: list, cfg: TrainCon
     acc.save_state(str(tmp))
     acc.wait_for_everyone()
     if acc.is_main_process:
+        save_adapter(_unwrap(model), tmp / "adapter.safetensors", base_checksum=base_checksum,
+                     training={"steps_done": step, "checkpoint": True})
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "losses": losses,
                                                             "config": asdict(cfg)}, default=str))
         if final.exists():
