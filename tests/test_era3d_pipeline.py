@@ -377,7 +377,7 @@ def test_bf16_pipeline_stays_close_to_fp32(era3d_dir, io, reference_run):
     mse = float(((a - b) ** 2).mean())
     psnr = 10 * math.log10(1.0 / max(mse, 1e-12))
     print(f"bf16 vs fp32 micro pipeline PSNR: {psnr:.1f} dB")
-    assert psnr > 30.0  # measured 36 dB (bf16 UNet + CLIP, fp32 VAE)
+    assert psnr > 40.0  # measured 46.8 dB (bf16 UNet + CLIP, fp32 VAE; 36 dB with a bf16 VAE)
     assert p16.vae.dtype == torch.float32 and p16.image_encoder.dtype == torch.bfloat16
 
 
