@@ -177,6 +177,43 @@ def run(args, log=print) -> dict:
     return out
 
 
+def apply_bench(config: str = "big", rank: int = 32, threads: int = 2) -> dict:
+    """Time ``base_weights_checksum``, ``save_adapter``, ``apply_lora`` (merge) and ``remove_lora`` on a randomly
+    initialised LGM of ``config`` (fp32, CPU); peak RSS from ``ru_maxrss``."""
+    import resource
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as d:
+        t = time.time()
+        m = LGM(config).eval().requires_grad_(False)
+        t_build = time.time() - t
+        t = time.time()
+        ck = L.base_weights_checksum(m)
+        t_ck = time.time() - t
+        L.inject_lora(m, rank=rank)
+        with torch.no_grad():
+            for p_ in L.lora_parameters(m):
+                p_.normal_(0, 0.01)
+        t = time.time()
+        L.save_adapter(m, Path(d) / "a.safetensors", base_checksum=ck)
+        t_save = time.time() - t
+        size = (Path(d) / "a.safetensors").stat().st_size
+        L.remove_lora(m)
+        t = time.time()
+        L.apply_lora(m, Path(d) / "a.safetensors", 1.0)
+        t_apply = time.time() - t
+        t = time.time()
+        L.remove_lora(m)
+        t_remove = time.time() - t
+        t = time.time()
+        L.apply_lora(m, Path(d) / "a.safetensors", 1.0, checksum="ignore")
+        t_apply_nock = time.time() - t
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    return {"config": config, "rank": rank, "targets": len(L.lora_target_names(m)), "adapter_MB": size / 1e6,
+            "build_s": t_build, "checksum_s": t_ck, "save_s": t_save, "apply_merge_with_checksum_s": t_apply,
+            "apply_merge_no_checksum_s": t_apply_nock, "remove_s": t_remove, "peak_rss_GB": rss}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=16)
@@ -194,7 +231,15 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", default=None)
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
     p.add_argument("--json", default=None, help="also write the result here")
+    p.add_argument("--apply-bench", default=None, metavar="CONFIG",
+                   help="instead: time checksum / save / apply (merge) / remove of a rank-32 LoRA on CONFIG (e.g. big)")
     args = p.parse_args(argv)
+    if args.apply_bench:
+        r = apply_bench(args.apply_bench, threads=args.threads)
+        print("| " + " | ".join(r) + " |")
+        print("|" + "---|" * len(r))
+        print("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
+        return 0
     if args.quick:
         args.size, args.n_base, args.base_steps, args.n_boost, args.lora_steps, args.n_test = 16, 8, 30, 6, 30, 4
     r = run(args)
