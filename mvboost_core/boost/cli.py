@@ -101,7 +101,9 @@ def _add_train_lora(sub) -> None:
 
 
 def register(subparsers) -> None:
-    """Add ``boost-data`` and ``train-lora`` to an ``argparse`` sub-parser collection."""
+    """Add ``boost-data`` and ``train-lora`` to an ``argparse`` sub-parser collection.
+
+    Each sub-parser sets ``func``: dispatch with ``return args.func(args)`` (an int exit code)."""
     _add_boost_data(subparsers)
     _add_train_lora(subparsers)
 
