@@ -88,6 +88,7 @@ class PoseOptions:
     backend: str = "auto"
     lpips_net: str = "vgg"
     lpips_pretrained: bool = True  # False -> random VGG trunk (tests; nothing is downloaded)
+    lpips_download: bool = False  # let torch.hub fetch the ImageNet trunk when it is not cached
     extra: dict = field(default_factory=dict)
 
 
@@ -199,10 +200,10 @@ def _iou(alpha: Tensor, mask: Tensor) -> Tensor:
 class _Lpips:
     """LPIPS on ``[V,H,W,3]`` images in [0,1] (lazy; uses ``mvboost_core.metrics.LPIPSLoss``)."""
 
-    def __init__(self, net: str, pretrained: bool, device):
+    def __init__(self, net: str, pretrained: bool, device, download: bool = False):
         from .metrics import LPIPSLoss
 
-        self.module = LPIPSLoss(net=net, pnet_rand=not pretrained).to(device).eval()
+        self.module = LPIPSLoss(net=net, pnet_rand=not pretrained, download=download).to(device).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
 
@@ -315,7 +316,7 @@ def optimize_input_view(
     lp = lpips_fn
     need_lpips = opt.search or opt.adjust or opt.pose_lpips_weight > 0
     if lp is None and need_lpips:
-        lp = _Lpips(opt.lpips_net, opt.lpips_pretrained, device)
+        lp = _Lpips(opt.lpips_net, opt.lpips_pretrained, device, opt.lpips_download)
 
     def rend(g: Gaussians, cams: Cameras):
         return render(g, cams, background=(1.0, 1.0, 1.0), backend=opt.backend)

@@ -146,6 +146,14 @@ def build_tiny_era3d(folder, seed: int = 0) -> tuple[Path, tuple[torch.Tensor, t
     g = torch.Generator().manual_seed(seed + 1)
     D = int(TINY_UNET_CONFIG["cross_attention_dim"])
     embeds = (torch.randn(6, 77, D, generator=g), torch.randn(6, 77, D, generator=g))
+    # no text encoder: store the (random) prompt embeddings in the loader's own cache file, which is what a
+    # slimmed released folder carries too, so load_era3d(folder) works without arguments
+    from .era3d.pipeline import _PROMPT_CACHE_FORMAT, PROMPT_CACHE_NAME, era3d_prompts
+
+    save_file({"normal_prompt_embeds": embeds[0].half(), "color_prompt_embeds": embeds[1].half()},
+              str(root / PROMPT_CACHE_NAME),
+              metadata={"format": _PROMPT_CACHE_FORMAT, "fingerprint": "", "prompts": json.dumps(era3d_prompts())})
+    embeds = (embeds[0].half().float(), embeds[1].half().float())
     return root, embeds
 
 
@@ -198,7 +206,7 @@ def run_selftest(workdir=None, log: Callable[[str], None] = print, frames: int =
         timings["write_checkpoints"] = time.perf_counter() - t
         log(f"[selftest] wrote random checkpoints in the real formats to {work / 'models'}")
         t = time.perf_counter()
-        era3d = load_era3d(era3d_dir, device="cpu", dtype="fp32", prompt_embeds=embeds)
+        era3d = load_era3d(era3d_dir, device="cpu", dtype="fp32")
         lgm = load_lgm(lgm_path, device="cpu", dtype="fp32")
         timings["load"] = time.perf_counter() - t
         t = time.perf_counter()
