@@ -73,6 +73,9 @@ def rasterize_gsplat(
     import gsplat
 
     camera_model = {"perspective": "pinhole", "orthographic": "ortho"}[projection]
+    dtype = means.dtype
+    f32 = [t.float() for t in (means, quats, scales, opacities, colors, viewmats, Ks, background)]
+    means, quats, scales, opacities, colors, viewmats, Ks, background = f32  # gsplat's kernels are float32
     colors_out, alphas, _meta = gsplat.rasterization(
         means=means,
         quats=quats,
@@ -92,4 +95,5 @@ def rasterize_gsplat(
         rasterize_mode="classic",
         camera_model=camera_model,
     )
+    colors_out, alphas = colors_out.to(dtype), alphas.to(dtype)
     return colors_out[..., :3], alphas, colors_out[..., 3:4]

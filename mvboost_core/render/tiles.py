@@ -61,6 +61,12 @@ def build_tile_lists(
     cull: bool = True,
 ) -> TileLists:
     """Build the sorted per-tile lists. ``cull=False`` lists every valid Gaussian in every tile of its view."""
+    out_device = depth.device
+    if out_device.type == "mps":  # no float64 on MPS: build the (cheap, O(V·N)) lists on the CPU
+        lists = build_tile_lists(means2d.detach().cpu(), cov2d.detach().cpu(), depth.detach().cpu(),
+                                 valid.cpu(), opacities.detach().cpu(), width, height, tile_size, cull)
+        lists.ids, lists.starts, lists.ends = (t.to(out_device) for t in (lists.ids, lists.starts, lists.ends))
+        return lists
     V, N = depth.shape
     device = depth.device
     ts = int(tile_size)
