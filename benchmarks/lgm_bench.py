@@ -183,6 +183,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--render-size", type=int, default=256)
     ap.add_argument("--reference", default=None, help="path of an upstream 3DTopia/LGM checkout to time as well")
+    ap.add_argument("--reference-dtypes", default="fp32",
+                    help="dtypes for the reference (its bf16 is pure bf16 compute: very slow without avx512_bf16)")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--impl", default="ours", help=argparse.SUPPRESS)
@@ -197,7 +199,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="lgm_bench_"))
     runs = [("ours", d) for d in args.dtypes.split(",")]
     if args.reference:
-        runs = [("reference", d) for d in args.dtypes.split(",")] + runs
+        runs = [("reference", d) for d in args.reference_dtypes.split(",")] + runs
     results = []
     for impl, dt in runs:
         out = tmp / f"{impl}_{dt}.pt"
@@ -230,7 +232,7 @@ def main() -> None:
     by = {(r["impl"], r["dtype"]): r for r in results}
     for impl in ("ours", "reference"):
         if (impl, "fp32") in by:
-            for dt in args.dtypes.split(","):
+            for dt in sorted({*args.dtypes.split(","), *args.reference_dtypes.split(",")}):
                 if dt != "fp32" and (impl, dt) in by:
                     what, val = compare(Path(by[(impl, "fp32")]["out"]), Path(by[(impl, dt)]["out"]), args.render_size)
                     print(f"{impl}: {dt} vs fp32 {what}: {val:.2f}")

@@ -6,7 +6,8 @@ State-dict keys and shapes equal the reference exactly (``unet.*`` + a final 1x1
 * attention runs through :func:`torch.nn.functional.scaled_dot_product_attention` on 4-D ``[B,heads,N,d]``
   tensors (flash / memory-efficient kernels, no materialised score matrix, no xformers);
 * skip tensors that the decoder never reads (the full-resolution ones) are not kept, and every other skip is
-  released as soon as it is consumed;
+  released as soon as it is consumed; during inference, resnets on maps of 64² or more (including the decoder's
+  skip concatenation) run one image at a time, so their temporaries exist for one view, not four;
 * without autograd, element-wise ops run in place, so inference holds few activation copies;
 * gaussian activations are applied in float32 whatever the compute dtype;
 * the weights' storage dtype and the activations' compute dtype may differ (:attr:`LGM.compute_dtype`): e.g.
@@ -38,6 +39,7 @@ OUT_CHANNELS = 14  # pos 3, opacity 1, scale 3, rotation 4, rgb 3
 SKIP_SCALE = math.sqrt(0.5)
 HEADS = 16
 LAYERS_PER_BLOCK = 2
+CHUNK_PIXELS = 64 * 64  # resnets on maps at least this large run image by image during inference
 
 
 class Conv2d(nn.Conv2d):
@@ -98,7 +100,26 @@ class ResnetBlock(nn.Module):
         self.conv2 = Conv2d(cout, cout, 3, 1, 1)
         self.shortcut = Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
-    def forward(self, x: Tensor) -> Tensor:  # [BV,cin,H,W] -> [BV,cout,H,W]
+    def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
+        """``[BV,cx,H,W]`` (+ optional ``skip [BV,cs,H,W]``, concatenated after ``x``) -> ``[BV,cout,H,W]``.
+
+        During inference at high resolution the images are processed one at a time (every op here is
+        per-image), so the block's temporaries exist for one image instead of the whole batch.
+        """
+        BV, _, H, W = x.shape
+        if torch.is_grad_enabled() or BV == 1 or H * W < CHUNK_PIXELS:
+            return self._forward(x if skip is None else torch.cat([x, skip], dim=1))
+        out = None
+        for i in range(BV):
+            xi = x[i : i + 1] if skip is None else torch.cat([x[i : i + 1], skip[i : i + 1]], dim=1)
+            oi = self._forward(xi)
+            if out is None:
+                out = oi.new_empty((BV, *oi.shape[1:]))
+            out[i : i + 1] = oi
+            del xi, oi
+        return out
+
+    def _forward(self, x: Tensor) -> Tensor:
         h = self.conv1(_silu(self.norm1(x)))
         h = self.conv2(_silu(self.norm2(h)))
         return _residual(h, self.shortcut(x))
@@ -197,8 +218,7 @@ class UpBlock(nn.Module):
 
     def forward(self, x: Tensor, skips: list) -> Tensor:
         for i, net in enumerate(self.nets):
-            x = torch.cat([x, skips.pop()], dim=1)
-            x = net(x)
+            x = net(x, skips.pop())  # concatenates (x, skip) on channels
             if self.attns is not None:
                 x = self.attns[i](x)
         if self.upsample is not None:
