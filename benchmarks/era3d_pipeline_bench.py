@@ -71,7 +71,7 @@ def _run_case(case: str) -> dict:
 
         cfg = CLIPVisionConfig.from_json_file(str(FIXTURES / "real_configs" / "image_encoder" / "config.json"))
         t0 = time.perf_counter()
-        model = CLIPVisionModelWithProjection(cfg).eval()
+        model = CLIPVisionModelWithProjection(cfg).float().eval()  # the config says torch_dtype float16
         out["build_s"] = time.perf_counter() - t0
         n = 1 if case == "real_clip1" else 12
         x = torch.randn(n, 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(0))
