@@ -496,11 +496,9 @@ class Era3DUNet(nn.Module):
             got = None if class_labels is None else tuple(class_labels.shape)
             raise ValueError(f"class_labels must be [B={b}, {pdim}] (unCLIP image embedding ⊕ noise-level "
                              f"embedding), got {got}")
-        f = 2 ** self.num_upsamplers
         h, w = sample.shape[-2:]
         if cfg["multiview_attention"] and h != w:
             raise ValueError(f"Era3D's row-wise multi-view attention was trained on square latents; got {h}x{w}")
-        del f
 
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
                 class_labels: torch.Tensor, return_intermediates: bool = False):
