@@ -539,3 +539,25 @@ def test_sampling_from_given_clip_and_prompt_embeddings(pipe, io):
     assert pose.shape == (1, 2)
     with pytest.raises(ValueError, match="prompt_embeds must be"):
         pipe.encode_condition(ci, clip_embeds=io["clip_embeds"], prompt_embeds=io["prompt_embeds_cfg"])
+
+
+def test_prompt_cache_file_for_slimmed_folders_and_stale_caches(era3d_dir, io, tmp_path):
+    from mvboost_core.era3d import pipeline as P
+
+    folder = _copy_micro(era3d_dir, tmp_path)
+    # a stale cache (wrong fingerprint) next to a text encoder is recomputed, not trusted
+    P.write_prompt_cache(folder, io["normal_prompt_embeds"], io["color_prompt_embeds"], fingerprint="stale")
+    P._MEMORY_PROMPT_CACHE.clear()
+    fresh = P.load_era3d(folder).prompt_embeds
+    assert not torch.equal(fresh[:6], io["normal_prompt_embeds"])
+    # a slimmed folder (no text encoder) with a cache loads from the cache alone
+    shutil.rmtree(folder / "text_encoder")
+    shutil.rmtree(folder / "tokenizer")
+    P.write_prompt_cache(folder, io["normal_prompt_embeds"], io["color_prompt_embeds"])
+    P._MEMORY_PROMPT_CACHE.clear()
+    p = P.load_era3d(folder)
+    assert torch.equal(p.prompt_embeds[:6], io["normal_prompt_embeds"])
+    assert torch.equal(p.prompt_embeds[6:], io["color_prompt_embeds"])
+    (folder / P.PROMPT_CACHE_NAME).unlink()
+    with pytest.raises(P.Era3DLoadError, match=r"text_encoder/"):
+        P.load_era3d(folder)

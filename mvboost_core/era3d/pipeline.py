@@ -57,6 +57,8 @@ __all__ = [
     "PROMPT_TEMPLATE",
     "REQUIRED_COMPONENTS",
     "PROMPT_CACHE_NAME",
+    "PROMPT_CACHE_FORMAT",
+    "write_prompt_cache",
 ]
 
 #: Upstream ``generate_fixed_text_embeds.py``: ``{view}`` keeps the underscore (``front_right``), ``{kind}`` is
@@ -75,7 +77,8 @@ UPSTREAM_PROMPT_DIR = "fixed_prompt_embeds_6view"
 
 #: File written next to the components (inside the model folder) holding the 12 fixed prompt embeddings.
 PROMPT_CACHE_NAME = "mvboost_prompt_embeds.safetensors"
-_PROMPT_CACHE_FORMAT = "mvboost-era3d-prompt-embeds-v1"
+PROMPT_CACHE_FORMAT = "mvboost-era3d-prompt-embeds-v1"
+_PROMPT_CACHE_FORMAT = PROMPT_CACHE_FORMAT  # (older private name, used by mvboost_core.selftest)
 _MEMORY_PROMPT_CACHE: dict[tuple[str, str], tuple[Tensor, Tensor]] = {}
 
 RELEASED_REPO = "pengHTYX/MacLab-Era3D-512-6view"
@@ -208,6 +211,24 @@ def _atomic_save_safetensors(tensors: dict, path: Path, metadata: dict) -> None:
         raise
 
 
+def write_prompt_cache(folder, normal: Tensor, color: Tensor, fingerprint: str = "") -> Path:
+    """Write ``<folder>/mvboost_prompt_embeds.safetensors`` (float16 ``normal_prompt_embeds`` /
+    ``color_prompt_embeds`` ``[6,77,D]``, metadata ``format``, ``fingerprint``, ``prompts``) atomically.
+
+    ``fingerprint`` identifies the text encoder the embeddings came from (empty = trusted as is, e.g. a slimmed
+    folder shipped without ``text_encoder/``); :func:`load_era3d` recomputes a cache whose fingerprint no longer
+    matches the folder's text encoder.
+    """
+    path = Path(os.fspath(folder)) / PROMPT_CACHE_NAME
+    _atomic_save_safetensors(
+        {"normal_prompt_embeds": normal.detach().cpu().to(torch.float16),
+         "color_prompt_embeds": color.detach().cpu().to(torch.float16)},
+        path,
+        {"format": PROMPT_CACHE_FORMAT, "fingerprint": fingerprint, "prompts": json.dumps(era3d_prompts())},
+    )
+    return path
+
+
 def _folder_is_writable(root: Path) -> bool:
     """False for a folder marked read-only (no write bit at all), even for root, who ``os.access`` lets write
     anywhere: shared model folders stay untouched."""
@@ -241,7 +262,7 @@ def _load_prompt_embeds(root: Path, cache: bool) -> tuple[Tensor, Tensor]:
         try:
             with safe_open(str(cache_path), framework="pt") as f:
                 meta = f.metadata() or {}
-                if meta.get("format") == _PROMPT_CACHE_FORMAT and (fp is None or meta.get("fingerprint") == fp):
+                if meta.get("format") == PROMPT_CACHE_FORMAT and (fp is None or meta.get("fingerprint") == fp):
                     n = f.get_tensor("normal_prompt_embeds").float()
                     c = f.get_tensor("color_prompt_embeds").float()
                     _MEMORY_PROMPT_CACHE[key] = (n, c)
@@ -267,11 +288,7 @@ def _load_prompt_embeds(root: Path, cache: bool) -> tuple[Tensor, Tensor]:
         log.info("[MVBoost] %s is read-only; Era3D prompt embeddings kept in memory only", root)
     elif cache:
         try:
-            _atomic_save_safetensors(
-                {"normal_prompt_embeds": n.to(torch.float16), "color_prompt_embeds": c.to(torch.float16)},
-                cache_path,
-                {"format": _PROMPT_CACHE_FORMAT, "fingerprint": fp or "", "prompts": json.dumps(era3d_prompts())},
-            )
+            write_prompt_cache(root, n, c, fingerprint=fp or "")
             log.info("[MVBoost] cached Era3D prompt embeddings in %s", cache_path)
         except OSError as exc:
             log.info("[MVBoost] model folder not writable (%s); prompt embeddings kept in memory only", exc)
