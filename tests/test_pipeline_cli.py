@@ -116,3 +116,85 @@ def test_device_resolution():
     assert cli.resolve_device("auto").type in ("cpu", "cuda", "mps")
     with pytest.raises(SystemExit):
         cli.resolve_device("tpu")
+
+
+# ------------------------------------------------------------------------------ ComfyUI nodes and workflows
+from comfy_harness import comfy_env  # noqa: E402,F401  (pytest fixture)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _install_tiny(env):
+    import shutil
+
+    build_tiny_era3d(env.models_dir / "era3d" / "tiny-era3d")
+    build_tiny_lgm(env.models_dir / "lgm" / "tiny.safetensors")
+    shutil.copy(REPO / "examples" / "mvboost_example.png", env.input_dir / "mvboost_example.png")
+
+
+FAST = {
+    "2": {"model": "tiny-era3d", "dtype": "fp32"},
+    "3": {"steps": 1},
+    "4": {"ckpt_name": "tiny.safetensors", "dtype": "fp32"},
+    "5": {"preview_frames": 1, "preview_size": 64},
+    "6": {"pose_iterations": 2, "lm_iterations": 1, "adjust_iterations": 1, "resolution": 32,
+          "lpips_pretrained": False, "search_steps": 1},
+    "7": {"preview_size": 64},
+    "8": {"frames": 2, "resolution": 32},
+}
+
+
+def test_refine_views_workflow_runs_with_tiny_checkpoints(comfy_env):
+    """workflows/api/mvboost_refine_views.json = the image-to-3D workflow (a) plus Refine Views previews."""
+    _install_tiny(comfy_env)
+    res = comfy_env.run_workflow("workflows/api/mvboost_refine_views.json",
+                                 overrides={**FAST, "11": {"steps": 2, "strength": 0.5}})
+    g, cam = res.output("6", 0), res.output("6", 1)
+    assert len(g) > 0 and len(cam) == 1 and cam.projection == "perspective"
+    before, after, target = res.output("6", 2), res.output("6", 3), res.output("6", 4)
+    assert before.shape == after.shape == target.shape and before.shape[-1] == 3
+    assert (comfy_env.output_dir / res.output("7", 0)).is_file()  # the .ply
+    mv = res.output("11", 0)
+    assert mv.colors.images.shape == (6, 64, 64, 3) and mv.info["denoise_steps"] == 1
+    assert res.output("11", 1).shape == (6, 64, 64, 3)  # renders before refinement
+    assert res.ui["12"]["images"] and res.ui["13"]["images"] and res.ui["9"]["images"]
+    assert any(t > 0 for _, t in comfy_env.progress)
+
+
+def test_image_to_3d_workflow_runs_and_ui_twins_match(comfy_env):
+    import json
+
+    _install_tiny(comfy_env)
+    res = comfy_env.run_workflow("workflows/api/mvboost_image_to_3d.json", overrides=FAST)
+    assert (comfy_env.output_dir / res.output("7", 0)).is_file()
+    assert res.ui["9"]["images"] and res.ui["10"]["images"]
+    for name in ("mvboost_image_to_3d", "mvboost_refine_views"):
+        ui = json.loads((REPO / "workflows" / f"{name}.json").read_text())
+        twin = json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text())
+        assert {str(n["id"]) for n in ui["nodes"]} == set(twin)
+        assert {n["type"] for n in ui["nodes"]} <= set(comfy_env.nodes) | {"LoadImage", "PreviewImage", "SaveImage"}
+        assert (REPO / "workflows" / f"{name}.jpg").is_file()
+        models = [m for n in ui["nodes"] for m in n["properties"].get("models", [])]
+        assert {m["directory"] for m in models} == {"lgm", "era3d"}
+        assert all(m["url"].startswith("https://huggingface.co/") and m["name"] for m in models)
+
+
+def test_pose_node_interrupts_and_refuses_missing_input(comfy_env):
+    core = comfy_env.core
+    g = core.gaussians.Gaussians(torch.rand(50, 3) - 0.5, torch.full((50,), 0.8), torch.full((50, 3), 0.05),
+                                 torch.tensor([1.0, 0, 0, 0]).expand(50, 4).clone(), torch.rand(50, 3))
+    w = dict(pose_search=True, pose_refine=True, adjust_gaussians=True, pose_iterations=2, lm_iterations=0,
+             adjust_iterations=1, pose_lr=0.01, color_lr=0.01, opacity_lr=0.05, resolution=32, search_range=5.0,
+             search_steps=1)
+    with pytest.raises(ValueError, match="needs the input view"):
+        comfy_env.run_node("MVBoostOptimizeInputPose", gaussians=g, **w)
+    img = torch.ones(1, 32, 32, 3)
+    img[:, 8:24, 8:24] = 0.3
+    out = comfy_env.run_node("MVBoostOptimizeInputPose", gaussians=g, image=img, lpips_pretrained=False, **w)
+    assert len(out) == 5 and out[2].shape == (1, 32, 32, 3)
+    n_updates = len(comfy_env.progress)
+    assert n_updates >= 1 + 2 + 1  # search batch, pose steps, adjust step
+    assert comfy_env.progress[-1][0] == comfy_env.progress[-1][1]  # ends at 100 %
+    comfy_env.interrupt()
+    with pytest.raises(comfy_env.InterruptProcessingException):
+        comfy_env.run_node("MVBoostOptimizeInputPose", gaussians=g, image=img, lpips_pretrained=False, **w)
