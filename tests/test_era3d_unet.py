@@ -293,3 +293,18 @@ def test_chunked_feed_forward_is_identical(micro_unet, micro_io, monkeypatch):
     sample, pose = _run(micro_unet, micro_io)
     torch.testing.assert_close(sample, micro_io["out_sample"], **TOL)
     torch.testing.assert_close(pose, micro_io["out_pose"], **TOL)
+
+
+def test_attention_modules_carry_era3d_processors(era3d_dir):
+    from mvboost_core.era3d.attention import JointAttnProcessor, RowwiseMVAttnProcessor, SDPAAttnProcessor
+
+    cfg = json.loads((era3d_dir / "unet_config_512_6view.json").read_text())
+    unet = Era3DUNet.from_config(cfg, device="meta")
+    kinds = {}
+    for name, m in unet.named_modules():
+        if hasattr(m, "processor") and hasattr(m, "to_q"):
+            kinds.setdefault(name.rsplit(".", 1)[-1], set()).add(type(m.processor))
+    assert kinds == {"attn1": {JointAttnProcessor}, "attn_mv": {RowwiseMVAttnProcessor},
+                     "attn2": {SDPAAttnProcessor}}
+    assert sum(isinstance(m.processor, RowwiseMVAttnProcessor) and m.processor.num_views == 6
+               for m in unet.modules() if hasattr(m, "processor")) == 16  # down 6 + mid 1 + up 9

@@ -24,7 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["attention_core", "joint_self_attention", "rowwise_mv_attention", "cross_attention", "self_attention"]
+__all__ = ["attention_core", "joint_self_attention", "rowwise_mv_attention", "cross_attention", "self_attention",
+           "JointAttnProcessor", "RowwiseMVAttnProcessor", "SDPAAttnProcessor"]
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -114,3 +115,54 @@ def rowwise_mv_attention(attn, x: torch.Tensor, num_views: int, height: int, wid
     else:
         o = o.view(g, width, num_views, height, c).permute(0, 2, 3, 1, 4)
     return o.reshape(b, l, c)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# diffusers-style processors, installed on the ``Attention`` modules so that calling the module itself (as diffusers
+# code and ``unet.attn_processors`` users do) runs Era3D's semantics. Signature: (attn, hidden_states [B,L,C],
+# encoder_hidden_states=None, attention_mask=None, ...) -> [B,L,C]. Masks are not supported (Era3D uses none).
+class _Era3DProcessorBase:
+    def _no_mask(self, attention_mask):
+        if attention_mask is not None:
+            raise NotImplementedError(f"{type(self).__name__} does not support attention masks (Era3D uses none)")
+
+
+class JointAttnProcessor(_Era3DProcessorBase):
+    """``attn1``: joint normal/colour self-attention over the two batch halves (see :func:`joint_self_attention`)."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
+        self._no_mask(attention_mask)
+        if encoder_hidden_states is not None:
+            raise ValueError("the joint normal/colour attention is a self-attention (no encoder_hidden_states)")
+        return joint_self_attention(attn, hidden_states)
+
+
+class RowwiseMVAttnProcessor(_Era3DProcessorBase):
+    """``attn_mv``: row-wise multi-view attention over groups of ``num_views`` consecutive samples.
+
+    ``height``/``width`` of the feature map may be passed; otherwise the map is assumed square (as upstream).
+    ``axis`` is ``"row"`` (reference); ``"column"`` exists only for tests.
+    """
+
+    def __init__(self, num_views: int, axis: str = "row"):
+        self.num_views = num_views
+        self.axis = axis
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 height: int | None = None, width: int | None = None):
+        self._no_mask(attention_mask)
+        if encoder_hidden_states is not None:
+            raise ValueError("the row-wise multi-view attention is a self-attention (no encoder_hidden_states)")
+        if height is None or width is None:
+            height = width = int(round(hidden_states.shape[1] ** 0.5))
+        return rowwise_mv_attention(attn, hidden_states, self.num_views, height, width, axis=self.axis)
+
+
+class SDPAAttnProcessor(_Era3DProcessorBase):
+    """``attn2`` (cross-attention to ``encoder_hidden_states``) or plain per-sample self-attention, 4-D SDPA."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
+        self._no_mask(attention_mask)
+        if encoder_hidden_states is None:
+            return self_attention(attn, hidden_states)
+        return cross_attention(attn, hidden_states, encoder_hidden_states)

@@ -15,7 +15,7 @@ from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
 from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 
-from .attention import cross_attention, joint_self_attention, rowwise_mv_attention, self_attention
+from .attention import JointAttnProcessor, RowwiseMVAttnProcessor, SDPAAttnProcessor
 
 __all__ = [
     "MVTransformerBlock", "TransformerMV2D", "CrossAttnDownBlockMV2D", "CrossAttnUpBlockMV2D",
@@ -36,33 +36,30 @@ class MVTransformerBlock(nn.Module):
         super().__init__()
         self.num_views = num_views
         self.mvcd_attention = mvcd_attention
-        self.mv_axis = "row"  # internal switch; "column" exists only to prove the fixtures catch that mistake
         self.norm1 = nn.LayerNorm(dim)
         self.attn1 = Attention(query_dim=dim, heads=heads, dim_head=head_dim, bias=False,
-                               upcast_attention=upcast_attention)
+                               upcast_attention=upcast_attention,
+                               processor=JointAttnProcessor() if mvcd_attention else SDPAAttnProcessor())
         if multiview_attention:
             self.norm_mv = nn.LayerNorm(dim)
             self.attn_mv = Attention(query_dim=dim, heads=heads, dim_head=head_dim, bias=False,
-                                     upcast_attention=upcast_attention)
+                                     upcast_attention=upcast_attention, processor=RowwiseMVAttnProcessor(num_views))
         else:
             self.norm_mv = None
             self.attn_mv = None
         self.norm2 = nn.LayerNorm(dim)
         self.attn2 = Attention(query_dim=dim, cross_attention_dim=cross_attention_dim, heads=heads,
-                               dim_head=head_dim, bias=False, upcast_attention=upcast_attention)
+                               dim_head=head_dim, bias=False, upcast_attention=upcast_attention,
+                               processor=SDPAAttnProcessor())
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim, activation_fn="geglu")
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        h = self.norm1(x)
-        if self.mvcd_attention:
-            x = joint_self_attention(self.attn1, h) + x
-        else:
-            x = self_attention(self.attn1, h) + x
+        # the Attention modules run our processors (attention.py): joint / row-wise MV / cross
+        x = self.attn1(self.norm1(x)) + x
         if self.attn_mv is not None:
-            h = self.norm_mv(x)
-            x = rowwise_mv_attention(self.attn_mv, h, self.num_views, height, width, axis=self.mv_axis) + x
-        x = cross_attention(self.attn2, self.norm2(x), context) + x
+            x = self.attn_mv(self.norm_mv(x), height=height, width=width) + x
+        x = self.attn2(self.norm2(x), encoder_hidden_states=context) + x
         b, l, _ = x.shape
         if b * l <= 2 * FF_CHUNK_TOKENS:
             return self.ff(self.norm3(x)) + x

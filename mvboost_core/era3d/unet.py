@@ -447,9 +447,13 @@ class Era3DUNet(nn.Module):
 
     def _set_mv_axis(self, axis: str) -> None:
         """Internal/testing: ``"row"`` (the reference) or ``"column"`` (a deliberate mistake the fixtures catch)."""
+        from .attention import RowwiseMVAttnProcessor
+
+        if axis not in ("row", "column"):
+            raise ValueError(f"axis must be 'row' or 'column', got {axis!r}")
         for m in self.modules():
-            if hasattr(m, "mv_axis"):
-                m.mv_axis = axis
+            if isinstance(getattr(m, "processor", None), RowwiseMVAttnProcessor):
+                m.processor.axis = axis
 
     @property
     def compute_dtype(self) -> torch.dtype:
