@@ -61,16 +61,17 @@ def env() -> dict:
 
 
 def run_cli(args: list[str], nproc: int = 1, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``mvboost_core.boost.cli`` as ``python -m`` (nproc=1) or ``accelerate launch --multi_gpu
+    """Run the ``mvboost`` CLI (``mvboost_core.cli``, which registers the boost commands) as ``python -m``
+    (nproc=1) or ``accelerate launch --multi_gpu
     --num_processes N`` (torchrun; on this CPU-only machine the processes pick accelerate's MULTI_CPU/gloo mode --
     ``accelerate launch --cpu`` starts a single process unless MPI is installed)."""
     if nproc > 1:
         cmd = [PY, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(29500 + (os.getpid() % 2000)),
-               "-m", "mvboost_core.boost.cli", *args]
+               "-m", "mvboost_core.cli", *args]
     else:
-        cmd = [PY, "-m", "mvboost_core.boost.cli", *args]
+        cmd = [PY, "-m", "mvboost_core.cli", *args]
     p = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
     if check and p.returncode != 0:
         raise AssertionError(f"command failed ({p.returncode}): {' '.join(cmd)}\nSTDOUT:\n{p.stdout[-4000:]}\n"

@@ -104,7 +104,7 @@ def test_kill9_resume_and_two_process_launch(tmp_path):
     common = ["--synthetic", "8", "--size", "16", "--views", "3", "--seed", "3", "--lgm", str(ck),
               "--lgm-config", str(opts), "--on-error", "raise"]
     one = tmp_path / "one"
-    cmd = [H.PY, "-m", "mvboost_core.boost.cli", "boost-data", "--out", str(one), *common]
+    cmd = [H.PY, "-m", "mvboost_core.cli", "boost-data", "--out", str(one), *common]
     proc = subprocess.Popen(cmd, cwd=H.REPO, env=H.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:

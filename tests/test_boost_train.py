@@ -55,7 +55,7 @@ def test_resume_after_kill9_reproduces_the_loss_curve(setup, tmp_path):
 
     out = tmp_path / "res.safetensors"
     ckdir = tmp_path / "res.checkpoints"
-    cmd = [H.PY, "-m", "mvboost_core.boost.cli", *_args(root, ck, opts, out, *common)]
+    cmd = [H.PY, "-m", "mvboost_core.cli", *_args(root, ck, opts, out, *common)]
     proc = subprocess.Popen(cmd, cwd=H.REPO, env=H.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     t0 = time.time()

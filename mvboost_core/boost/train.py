@@ -118,10 +118,10 @@ def enable_gradient_checkpointing(model: nn.Module) -> int:
 
     from ..lgm.network import MVAttention, ResnetBlock
 
-    def wrapped(fn, x):
+    def wrapped(fn, *args, **kwargs):
         if torch.is_grad_enabled():
-            return checkpoint(fn, x, use_reentrant=False)
-        return fn(x)
+            return checkpoint(fn, *args, use_reentrant=False, **kwargs)
+        return fn(*args, **kwargs)
 
     n = 0
     for m in model.modules():
