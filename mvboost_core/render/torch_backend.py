@@ -14,11 +14,19 @@ tile is retired as soon as every one of its pixels has terminated or its list is
 transmittance is a cumulative product, and because T only decreases, "T' >= 1e-4" is exactly the set of pairs the
 sequential loop composites.
 
-Gradients: :class:`_Composite` is a ``torch.autograd.Function`` whose backward re-runs the same chunk schedule and
-evaluates the analytic derivatives of the composited sums (nothing per pair is stored between forward and backward;
-only per-pixel totals). With the discrete decisions frozen (order, 1/255 skips, alpha clamp branch, termination)
-this is the exact derivative, the same function the fixture's gradient reference differentiates.
-:func:`composite_autograd` is the same forward written for plain autograd (the test oracle for the backward).
+Two implementations of the same forward:
+
+* :func:`composite` (default): per chunk, log(alpha) = log o - sigma is one batched matmul of tile-local pixel
+  monomials (x², xy, y², x, y, 1) with per-(tile, Gaussian) coefficients, followed by a handful of fused passes
+  (exp, thresholds, cumprod). It is a ``torch.autograd.Function`` whose backward re-runs the same chunk schedule and
+  evaluates the analytic derivatives of the composited sums: nothing per pair is kept between forward and backward,
+  only per-pixel totals, so memory does not grow with the number of pairs. With the discrete decisions frozen
+  (order, 1/255 skips, alpha clamp branch, termination) this is the exact derivative, the function the fixture's
+  gradient reference differentiates. The only deviation from the literal spec: the "sigma < 0" skip is not tested
+  (it cannot happen for a positive-definite conic; rounding can make sigma = -1e-7 at a Gaussian's centre, and
+  skipping there would be wrong).
+* :func:`composite_autograd`: the direct transcription (dx, dy, sigma, alpha per pair) differentiated by plain
+  autograd. Slower and memory-hungry; it is the readable twin and the test oracle for the hand-written backward.
 """
 from __future__ import annotations
 
@@ -37,10 +45,11 @@ T_MIN = 1e-4
 
 @dataclass(frozen=True)
 class CompositeConfig:
+    """alpha clamp, Gaussians per tile per step, bound on (tile, pixel, Gaussian) triples per step."""
+
     alpha_max: float = 0.99
     chunk: int = 32
-    max_step_elems: int = 1 << 22
-    background_per_view: bool = True
+    max_step_elems: int = 1 << 21
 
 
 # feature columns of the packed per-(view, Gaussian) table
