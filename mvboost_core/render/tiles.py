@@ -115,8 +115,11 @@ def build_tile_lists(
     del local, nxo, first
     if cull:
         # drop tiles the ellipse {sigma <= t} misses although its bounding box touches them
-        per_g = torch.cat([md[vi, ni], cd[vi, ni], t[vi, ni, None]], dim=1)  # [K,6] u v a b c t
-        hit = _ellipse_hits_tile(per_g[owner], tx, ty, ts, width, height)
+        a, b, c = cd[vi, ni].unbind(-1)
+        det = (a * c - b * b).clamp_min(1e-300)
+        A, B, C = c / det, -b / det, a / det  # conic, per kept Gaussian
+        per_g = (md[vi, ni, 0], md[vi, ni, 1], A, B, C, -B / C, -B / A, t[vi, ni] * (1 + 1e-6) + 1e-6)
+        hit = _ellipse_hits_tile([x[owner] for x in per_g], tx, ty, ts, width, height)
         owner, tx, ty = owner[hit], tx[hit], ty[hit]
         M = int(owner.numel())
     # depth rank of each Gaussian inside its view (stable: ties keep index order)
@@ -137,28 +140,27 @@ def build_tile_lists(
 
 
 
-def _ellipse_hits_tile(g: Tensor, tx: Tensor, ty: Tensor, ts: int, width: int, height: int) -> Tensor:
-    """Whether min over the tile's pixel-centre rectangle of sigma = ½ dᵀ Σ'⁻¹ d is <= t (+ a safety margin).
+def _ellipse_hits_tile(g: list, tx: Tensor, ty: Tensor, ts: int, width: int, height: int) -> Tensor:
+    """Whether min over the tile's pixel-centre rectangle of sigma = ½ dᵀ Q d (Q = conic) is <= t.
 
-    The minimum of a convex quadratic over a rectangle is 0 if the centre is inside, else it lies on an edge,
-    where it is a clamped 1-D minimisation. Computed in float64 on the candidate (tile, Gaussian) pairs.
+    ``g`` = per-candidate (u, v, A, B, C, -B/C, -B/A, t with margin). The minimum of a convex quadratic over a
+    rectangle is 0 if the centre is inside, else it lies on an edge, where it is a clamped 1-D minimisation.
+    Computed in float64 on the candidate (tile, Gaussian) pairs.
     """
-    u, v, a, b, c, t = g.unbind(-1)
-    det = (a * c - b * b).clamp_min(1e-300)
-    A, B, C = c / det, -b / det, a / det
-    x0 = (tx * ts).to(g.dtype) + (0.5 - u)
-    x1 = (torch.clamp((tx + 1) * ts, max=width) - 1).to(g.dtype) + (0.5 - u)
-    y0 = (ty * ts).to(g.dtype) + (0.5 - v)
-    y1 = (torch.clamp((ty + 1) * ts, max=height) - 1).to(g.dtype) + (0.5 - v)
+    u, v, A, B, C, kx, ky, t = g
+    dt = u.dtype
+    x0 = (tx * ts).to(dt) + 0.5 - u
+    x1 = (torch.clamp((tx + 1) * ts, max=width) - 1).to(dt) + 0.5 - u
+    y0 = (ty * ts).to(dt) + 0.5 - v
+    y1 = (torch.clamp((ty + 1) * ts, max=height) - 1).to(dt) + 0.5 - v
     inside = (x0 <= 0) & (x1 >= 0) & (y0 <= 0) & (y1 >= 0)
+    hA, hC = 0.5 * A, 0.5 * C
 
-    def edge_x(x):  # dx fixed, best dy in [y0, y1]
-        y = (-B * x / C).clamp(min=y0).minimum(y1)
-        return 0.5 * (A * x * x + C * y * y) + B * x * y
+    def sigma(x, y):
+        return x * (hA * x + B * y) + hC * (y * y)
 
-    def edge_y(y):
-        x = (-B * y / A).clamp(min=x0).minimum(x1)
-        return 0.5 * (A * x * x + C * y * y) + B * x * y
-
-    best = torch.minimum(torch.minimum(edge_x(x0), edge_x(x1)), torch.minimum(edge_y(y0), edge_y(y1)))
-    return inside | (best <= t * (1 + 1e-6) + 1e-6)
+    best = sigma(x0, torch.minimum(torch.maximum(kx * x0, y0), y1))  # edge x = x0, best y on it
+    best = torch.minimum(best, sigma(x1, torch.minimum(torch.maximum(kx * x1, y0), y1)))
+    best = torch.minimum(best, sigma(torch.minimum(torch.maximum(ky * y0, x0), x1), y0))
+    best = torch.minimum(best, sigma(torch.minimum(torch.maximum(ky * y1, x0), x1), y1))
+    return inside | (best <= t)
