@@ -90,3 +90,10 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(prev)
+
+
+def reset_accelerate() -> None:
+    """Forget accelerate's process-wide state after an in-process ``train_lora`` (keeps the pytest session clean)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)

@@ -180,6 +180,10 @@ def test_real_chain_era3d_lgm_refine_two_processes_then_train(tmp_path, fixtures
     # one training step on the real-chain data (in-process, single process)
     from mvboost_core.boost.train import TrainConfig, train_lora
 
-    res = train_lora(TrainConfig(data=str(out), lgm=str(ck), lgm_config=str(opts), out=str(tmp_path / "l.safetensors"),
-                                 rank=2, steps=1, lpips_random=True, lpips_size=64, cpu=True))
+    try:
+        res = train_lora(TrainConfig(data=str(out), lgm=str(ck), lgm_config=str(opts),
+                                     out=str(tmp_path / "l.safetensors"), rank=2, steps=1, lpips_random=True,
+                                     lpips_size=64, cpu=True))
+    finally:
+        H.reset_accelerate()
     assert res.adapter and res.steps == 1 and res.losses[0]["loss"] > 0

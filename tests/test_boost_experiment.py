@@ -21,7 +21,10 @@ def test_lora_boost_learns_on_synthetic_objects(tmp_path):
     spec.loader.exec_module(exp)
     args = argparse.Namespace(size=16, views=2, n_base=4, base_steps=12, base_lr=2e-3, n_boost=4, lora_steps=16,
                               lora_lr=3e-3, rank=4, n_test=2, seed=0, threads=1, workdir=str(tmp_path))
-    r = exp.run(args, log=lambda *a: None)
+    try:
+        r = exp.run(args, log=lambda *a: None)
+    finally:
+        H.reset_accelerate()
     # the LoRA fits its pseudo-ground-truth: renders of the boost objects get closer to their targets
     assert r["boost_set_boosted"]["psnr"] > r["boost_set_base"]["psnr"] + 0.05, r
     # removing the adapter gives the base model back exactly
