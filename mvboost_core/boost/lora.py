@@ -252,7 +252,7 @@ def base_weights_checksum(model: nn.Module) -> str:
     for name, t in sorted(_base_named_tensors(model), key=lambda kv: kv[0]):
         h.update(name.encode())
         h.update(json.dumps(list(t.shape)).encode())
-        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        h.update(memoryview(t.detach().to("cpu", torch.float32).reshape(-1).contiguous().numpy()).cast("B"))
     return "sha256:" + h.hexdigest()
 
 
