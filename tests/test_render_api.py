@@ -222,3 +222,21 @@ def test_options_are_a_dataclass():
         kw = _tiny()
         vm, K = _vm_K()
         rasterize(*kw.values(), vm, K, 8, 8, options=RenderOptions(backward="magic"))
+
+
+def test_era3d_orthographic_views_place_points_correctly():
+    """Orthographic render through Cameras.era3d: a small Gaussian at world +y (LGM up) appears above the image
+    centre in all six views, and one at the origin at the centre, with expected depth = camera distance."""
+    cams = Cameras.era3d(size=32, ortho_scale=1.0, distance=3.0)
+    g = Gaussians(means=torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.3, 0.0]]), opacities=torch.tensor([0.95, 0.95]),
+                  scales=torch.full((2, 3), 0.01), quats=torch.tensor([[1.0, 0, 0, 0]] * 2),
+                  colors=torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
+    out = render(g, cams, background=(1.0, 1.0, 1.0), backend="torch")
+    assert out.rgb.shape == (6, 32, 32, 3)
+    for v in range(6):
+        # origin -> pixel centre (16, 16) touches pixels 15 and 16; 0.3 world up -> 0.3 * 32 = 9.6 px up
+        red = out.rgb[v, 15:17, 15:17]
+        assert float(red[..., 1].max()) < 0.5 and float(red[..., 0].min()) > 0.9
+        blue = out.rgb[v, 6, 15:17]
+        assert float(blue[..., 2].min()) > 0.9 and float(blue[..., 0].max()) < 0.7
+        assert abs(float(out.expected_depth[v, 15, 15, 0]) - 3.0) < 1e-4
