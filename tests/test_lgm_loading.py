@@ -163,3 +163,14 @@ def test_lpips_keys_are_ignored(micro_fp16, tmp_path):
     p = tmp_path / "with_lpips.safetensors"
     save_file(sd, str(p))
     assert load_lgm(p).config.name == "micro"
+
+
+def test_auto_dtype_on_cpu_keeps_fp16_weights_and_computes_fp32(micro_fp16):
+    path, _ = micro_fp16
+    auto = load_lgm(path)  # dtype=None -> "auto"
+    assert auto.dtype == torch.float16 and auto.resolved_compute_dtype() == torch.float32
+    full = load_lgm(path, dtype="fp32")
+    x = torch.rand(1, 4, 9, 64, 64)
+    with torch.inference_mode():
+        a, b = auto.forward_gaussians(x), full.forward_gaussians(x)
+    assert a.dtype == torch.float32 and torch.equal(a, b)  # fp16 values upcast per layer = the fp32 model exactly

@@ -125,6 +125,11 @@ def read_state_dict(path, dtype: torch.dtype | None = None, device=None, keys=No
     return out
 
 
+def _all_float16(path: Path) -> bool:
+    header, _ = read_safetensors_header(path)
+    return bool(header) and all(v["dtype"] == "F16" for v in header.values())
+
+
 def _read_any(path: Path) -> tuple[dict, str]:
     """Keys -> shapes of a checkpoint, and its kind ('safetensors' or 'pickle')."""
     if path.suffix.lower() in _PICKLE_SUFFIXES:
@@ -237,8 +242,10 @@ def load_lgm(path, config: "str | LGMConfig | None" = None, device=None, dtype=N
             (``.pt``/``.pth``/``.ckpt``/``.bin``) are refused unless they load with ``torch.load(weights_only=True)``.
         config: config name / :class:`LGMConfig`; ``None`` detects it from the keys and shapes.
         device: target device (default CPU). Weights are read tensor by tensor and moved there directly.
-        dtype: compute dtype (``torch.dtype`` or "auto"/"fp32"/"fp16"/"bf16"); ``None``/"auto" = float32 on CPU,
-            float16 on CUDA/MPS. fp16 checkpoints are up-cast when running fp32.
+        dtype: weight dtype (``torch.dtype`` or "auto"/"fp32"/"fp16"/"bf16"). ``None``/"auto": on CPU, fp16
+            weights for an fp16 checkpoint (like the public one; exact and half the memory) else fp32, always
+            computing in fp32; on CUDA/MPS fp16. Explicit fp16/bf16 on a CPU without native kernels for them
+            also computes in fp32 (see :meth:`LGM.resolved_compute_dtype`).
 
     Raises:
         FileNotFoundError, LGMCheckpointError: with every missing and unexpected key listed and every shape
@@ -248,8 +255,13 @@ def load_lgm(path, config: "str | LGMConfig | None" = None, device=None, dtype=N
     if not path.is_file():
         raise FileNotFoundError(f"LGM checkpoint not found: {path}")
     device = torch.device(device) if device is not None else torch.device("cpu")
+    auto = dtype is None or dtype == "auto"
     dtype = _resolve_dtype(dtype, device)
     shapes, kind = _read_any(path)
+    if auto and device.type == "cpu" and kind == "safetensors" and _all_float16(path):
+        # The public checkpoint is fp16: keep it in fp16 (half the memory of fp32) and compute in fp32, which
+        # gives exactly what the reference computes after loading it into its fp32 model.
+        dtype = torch.float16
     state = None
     if kind == "pickle":
         state = _load_pickle_weights_only(path)
@@ -287,6 +299,8 @@ def load_lgm(path, config: "str | LGMConfig | None" = None, device=None, dtype=N
     model.load_state_dict(state, strict=True, assign=True)
     del state
     model.eval().requires_grad_(False)
+    if auto and device.type == "cpu":
+        model.set_compute(torch.float32)
     log.info("Loaded LGM '%s' from %s (%s, %s)", cfg.name, path.name, device, str(dtype).replace("torch.", ""))
     return model
 
