@@ -17,6 +17,11 @@ blocks ``[normal_uncond, normal_cond, colour_uncond, colour_cond]`` (G = 2 per h
 
 State-dict keys and order are those of the released checkpoint (838 tensors, 947,664,646 parameters for the real
 config), so ``unet/diffusion_pytorch_model.safetensors`` loads by name; no upstream Era3D module is imported.
+
+Precision: float32 everywhere by default. float16/bfloat16 weights run with ``upcast_attention`` (attention core in
+float32); on CPUs without native bf16 instructions :meth:`Era3DUNet.from_folder` keeps half-precision weights but
+computes in float32 (:meth:`Era3DUNet.set_compute_dtype`), because PyTorch's half convolutions are 15-250x slower
+there. :func:`auto_dtype` picks the dtype to ask for.
 """
 from __future__ import annotations
 
