@@ -148,6 +148,10 @@ def rasterize(
     """
     opts = options or RenderOptions()
     near = opts.near_plane if near is None else float(near)
+    if opts.backward not in ("custom", "autograd"):
+        raise ValueError(f"options.backward must be 'custom' or 'autograd', got {opts.backward!r}")
+    if int(opts.tile_size) < 1 or int(opts.chunk) < 1 or int(opts.max_step_elems) < 1:
+        raise ValueError(f"options.tile_size, chunk and max_step_elems must be >= 1, got {opts}")
     if isinstance(width, bool) or isinstance(height, bool) or int(width) != width or int(height) != height:
         raise ValueError(f"width and height must be integers, got {width!r} x {height!r}")
     width, height = int(width), int(height)
@@ -197,8 +201,6 @@ def rasterize(
     cfg = CompositeConfig(alpha_max=opts.alpha_max, chunk=opts.chunk, max_step_elems=opts.max_step_elems)
     colors_v = colors[None].expand(V, N, 3)
     fn = composite if opts.backward == "custom" else composite_autograd
-    if opts.backward not in ("custom", "autograd"):
-        raise ValueError(f"options.backward must be 'custom' or 'autograd', got {opts.backward!r}")
     rgb, alpha, depth = fn(proj.means2d, proj.conic, opac_v, colors_v, proj.depth, bg, sched, cfg)
     info = {"backend": "torch", "n_intersections": lists.n_intersections, **sched.stats}
     return RenderOutput(rgb, alpha, depth, info)
