@@ -36,8 +36,8 @@ class MVBoostLGMLoader:
     DESCRIPTION = (
         "Loads LGM (Large Multi-View Gaussian Model) from models/lgm — the public checkpoint is "
         f"{RELEASED_FILE} from huggingface.co/ashawkey/LGM (pick the 'download:' entry to fetch it explicitly). "
-        "dtype auto = fp16 on CUDA/MPS, fp32 on CPU; bf16 halves the memory (on CPUs without native bf16 it still "
-        "computes in fp32). A LoRA from models/lgm_loras boosts LGM on Era3D views (MVBoost)."
+        "dtype auto = fp16 on CUDA/MPS; on CPU it keeps the fp16 checkpoint in fp16 and computes in fp32 (exact, "
+        "half the memory of fp32). bf16/fp16 on a CPU without native kernels for them also compute in fp32. A LoRA from models/lgm_loras boosts LGM on Era3D views (MVBoost)."
     )
 
     @classmethod
@@ -56,11 +56,14 @@ class MVBoostLGMLoader:
         }
 
     def load(self, ckpt_name: str, dtype: str = "auto", lora_name: str = NO_LORA, lora_strength: float = 1.0):
-        from ..mvboost_core.lgm import load_lgm
-        from ..mvboost_core.lgm.checkpoint import _resolve_dtype
+        import torch
+
+        from ..mvboost_core.lgm import load_lgm, resolve_dtype
 
         path = _download_lgm() if ckpt_name == DOWNLOAD_CHOICE else C.get_full_path("lgm", ckpt_name)
-        dt = _resolve_dtype(dtype, C.get_torch_device())
+        device = torch.device(C.get_torch_device())
+        # auto on CPU: load_lgm keeps an fp16 checkpoint in fp16 and computes in fp32 (exact, half the memory)
+        dt = None if dtype == "auto" and device.type == "cpu" else resolve_dtype(dtype, device)
         model = load_lgm(path, device=C.offload_device(), dtype=dt)
         if lora_name and lora_name != NO_LORA:
             try:

@@ -37,6 +37,7 @@ __all__ = [
     "save_lgm_checkpoint",
     "init_lgm_weights_",
     "auto_dtype",
+    "resolve_dtype",
 ]
 
 _ST_DTYPES = {
@@ -231,6 +232,11 @@ def _resolve_dtype(dtype, device) -> torch.dtype:
         return _DTYPES[str(dtype).lower()]
     except KeyError:
         raise ValueError(f"Unknown dtype {dtype!r}; use auto, fp32, fp16 or bf16") from None
+
+
+def resolve_dtype(dtype, device) -> torch.dtype:
+    """``"auto"``/``None``/``"fp32"``/``"fp16"``/``"bf16"``/``torch.dtype`` -> ``torch.dtype`` (auto: :func:`auto_dtype`)."""
+    return _resolve_dtype(dtype, device)
 
 
 # ---------------------------------------------------------------------------------------------- loading
