@@ -69,7 +69,7 @@ def test_resume_after_kill9_reproduces_the_loss_curve(setup, tmp_path):
         proc.wait()
     assert not out.exists(), "the run must have been interrupted before finishing"
     assert (ckdir / "step_00000002" / "model.safetensors").is_file()
-    p = H.run_cli(_args(root, ck, opts, out, *common, "--resume"))
+    p = H.run_cli(_args(root, ck, opts, out, *common, "--resume", "--num-workers", "1"))
     assert "resumed from" in p.stdout + p.stderr
     losses = json.loads(out.with_suffix(".losses.json").read_text())
     assert [r["step"] for r in losses] == list(range(1, 7))

@@ -95,6 +95,7 @@ def _add_train_lora(sub) -> None:
     p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--num-workers", type=int, default=d.num_workers, help="DataLoader workers reading samples")
     p.add_argument("--cpu", action="store_true", help="force CPU even when a GPU is present")
     p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_train_lora)

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 log = logging.getLogger(__name__)
 
 __all__ = ["TrainConfig", "train_lora", "boost_loss", "enable_gradient_checkpointing", "micro_batch_indices",
+           "StepBatchSampler",
            "latest_checkpoint", "TrainResult"]
 
 
@@ -78,6 +79,7 @@ class TrainConfig:
     resume: bool = False
     keep_checkpoints: int = 2
     seed: int = 0
+    num_workers: int = 0  # DataLoader worker processes reading samples
     log_every: int = 1
     cpu: bool = False
     stop_after: int | None = None  # stop (without writing the adapter) after this many steps (tests)
@@ -283,17 +285,22 @@ def train_lora(cfg: TrainConfig) -> TrainResult:
 
     bar = tqdm(total=cfg.steps, initial=step, desc="train-lora", disable=not acc.is_local_main_process)
     t0 = time.time()
+    sampler = StepBatchSampler(step * cfg.grad_accum, cfg.steps * cfg.grad_accum, n_items, cfg.batch_size, world,
+                               rank, cfg.seed)
+    # own generator: creating the iterator must not draw from the global RNG (restored by --resume; LoRA dropout)
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=cfg.num_workers,
+                                         collate_fn=_stack, pin_memory=acc.device.type == "cuda",
+                                         generator=torch.Generator().manual_seed(cfg.seed))
+    batches = iter(loader)
     while step < cfg.steps:
         if cfg.stop_after is not None and step >= cfg.stop_after:
             break
         acc_loss, parts_acc = 0.0, {}
         for micro in range(cfg.grad_accum):
-            k = step * cfg.grad_accum + micro
-            idx = micro_batch_indices(k, n_items, cfg.batch_size, world, rank, cfg.seed)
-            batch = _collate([ds[i] for i in idx], acc.device)
+            batch = {k: v.to(acc.device, non_blocking=True) for k, v in next(batches).items()}
             with acc.accumulate(model):
                 lgm_cams = [_cams(batch["lgm_c2w"][b], batch["lgm_intrinsics"][b], meta["lgm_width"],
-                                  meta["lgm_height"], meta["lgm_projection"]) for b in range(len(idx))]
+                                  meta["lgm_height"], meta["lgm_projection"]) for b in range(len(batch["index"]))]
                 from ..cameras import Cameras
 
                 x = prepare_lgm_input(batch["lgm_input"], Cameras.cat(lgm_cams), size=lgm_size).to(acc.device)
@@ -357,8 +364,25 @@ def _check_lora_restored(ckpt: Path, model) -> None:
                            "another rank or base config. Start without --resume or use another --checkpoint-dir.")
 
 
-def _collate(items: list[dict], device) -> dict[str, Tensor]:
-    return {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
+def _stack(items: list[dict]) -> dict[str, Tensor]:
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+class StepBatchSampler(torch.utils.data.Sampler):
+    """Batch sampler yielding :func:`micro_batch_indices` for global micro-steps ``start .. stop-1`` of one
+    process: the data order depends only on ``(seed, micro-step)``, so a resumed run starts exactly where the
+    interrupted one was, with any number of DataLoader workers."""
+
+    def __init__(self, start: int, stop: int, n_items: int, batch_size: int, world_size: int, rank: int, seed: int):
+        self.start, self.stop, self.n, self.bs, self.world, self.rank, self.seed = (
+            start, stop, n_items, batch_size, world_size, rank, seed)
+
+    def __iter__(self):
+        for k in range(self.start, self.stop):
+            yield micro_batch_indices(k, self.n, self.bs, self.world, self.rank, self.seed)
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
 
 
 def _save_checkpoint(acc, ckpt_dir: Path, step: int, losses: list, cfg: TrainConfig, model, base_checksum) -> None:
