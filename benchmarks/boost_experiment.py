@@ -126,10 +126,19 @@ def run(args, log=print) -> dict:
     lpips_fn, lpips_kind = make_lpips()
     t0 = time.time()
     clean = D.SyntheticGenerator(input_size=args.size, render_size=args.size, n_views=args.views, degrade=False)
-    log(f"[1/4] base LGM '{cfg.name}' from scratch: {args.n_base} objects, {args.base_steps} steps")
-    base = train_base(cfg, clean, args.n_base, args.base_steps, args.base_lr, lpips_fn, seed=args.seed, log=log)
+    reuse = getattr(args, "reuse_base", False) and (work / "base.safetensors").is_file()
+    if reuse:
+        from mvboost_core.lgm import load_lgm
+
+        log(f"[1/4] base LGM reused from {work / 'base.safetensors'}")
+        base = load_lgm(work / "base.safetensors", config=cfg)
+    else:
+        log(f"[1/4] base LGM '{cfg.name}' from scratch: {args.n_base} objects, {args.base_steps} steps")
+        base = train_base(cfg, clean, args.n_base, args.base_steps, args.base_lr, lpips_fn, seed=args.seed, log=log)
     t_base = time.time() - t0
-    ck = save_lgm_checkpoint(base, work / "base.safetensors", dtype=torch.float32)
+    ck = work / "base.safetensors"
+    if not reuse:
+        save_lgm_checkpoint(base, ck, dtype=torch.float32)
     opts = work / "base.json"
     opts.write_text(json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.to_dict().items()}))
 
@@ -137,6 +146,11 @@ def run(args, log=print) -> dict:
     degraded = D.SyntheticGenerator(input_size=args.size, render_size=args.size, n_views=args.views, degrade=True,
                                     base_lgm=base)
     t1 = time.time()
+    import shutil
+
+    shutil.rmtree(work / "boost_ds", ignore_errors=True)
+    for old in work.glob("boost_lora.*"):
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
     D.generate_dataset(work / "boost_ds", [f"boost_{i:04d}" for i in range(args.n_boost)], degraded,
                        seed=args.seed + 1, rank=0, world_size=1, progress=False)
     t_data = time.time() - t1
@@ -171,7 +185,7 @@ def run(args, log=print) -> dict:
         "base": before, "boosted": after, "base_after_remove": again,
         "boost_set_base": fit_before, "boost_set_boosted": fit_after,
         "lora_first_loss": res.losses[0]["loss"], "lora_last_loss": res.losses[-1]["loss"],
-        "seconds": {"base_train": round(t_base, 1), "boost_data": round(t_data, 1), "lora_train": round(t_lora, 1)},
+        "base_reused": reuse, "seconds": {"base_train": round(t_base, 1), "boost_data": round(t_data, 1), "lora_train": round(t_lora, 1)},
         "torch": torch.__version__, "threads": args.threads, "workdir": str(work),
     }
     return out
@@ -229,6 +243,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workdir", default=None)
+    p.add_argument("--reuse-base", action="store_true", help="reuse WORKDIR/base.safetensors (skip step 1)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
     p.add_argument("--json", default=None, help="also write the result here")
     p.add_argument("--apply-bench", default=None, metavar="CONFIG",
