@@ -165,6 +165,16 @@ def test_refuses_adapter_for_another_base_config(adapter, fixtures_dir):
     with pytest.raises(L.LoRACompatibilityError, match=r"trained on LGM config 'nano'.*base model is 'micro'"):
         L.apply_lora(micro, path, 1.0)
     assert all(torch.equal(v, w0[k]) for k, v in micro.state_dict().items())  # untouched
+    # refusing a second adapter keeps the first one applied
+    m = _nano()
+    L.apply_lora(m, path, 1.0)
+    w1 = {k: v.clone() for k, v in m.state_dict().items()}
+    L.inject_lora(micro, rank=2)
+    L.save_adapter(micro, path.parent / "micro.safetensors")
+    with pytest.raises(L.LoRACompatibilityError, match="trained on LGM config 'micro'"):
+        L.apply_lora(m, path.parent / "micro.safetensors", 1.0)
+    assert L.lora_applied(m)["path"] == str(path)
+    assert all(torch.equal(v, w1[k]) for k, v in m.state_dict().items())
 
 
 def test_other_base_weights_warn_or_refuse(adapter):

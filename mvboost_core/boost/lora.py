@@ -457,7 +457,7 @@ def apply_lora(model: nn.Module, path: str | os.PathLike, strength: float = 1.0,
             :func:`remove_lora`; ``False`` injects peft LoRA layers instead (exact unmerged forward).
         checksum: base-weights check, see :func:`check_adapter_compatible`.
 
-    A LoRA applied earlier is removed first (base weights restored bit for bit). Raises
+    A LoRA applied earlier is removed first (base weights restored bit for bit) once the new one is accepted. Raises
     :class:`LoRACompatibilityError` for an adapter trained on another base config, :class:`LoRAError` for a
     malformed file, ``FileNotFoundError`` if ``path`` does not exist.
     """
@@ -466,9 +466,9 @@ def apply_lora(model: nn.Module, path: str | os.PathLike, strength: float = 1.0,
         raise ValueError(f"LoRA strength must be finite, got {strength}")
     inner = _unwrap(model)
     sd, info = load_adapter(path)
+    check_adapter_compatible(inner, sd, info, checksum=checksum)  # a refused adapter leaves the model as it was
     if getattr(inner, _STATE_ATTR, None) is not None:
         remove_lora(inner)
-    check_adapter_compatible(inner, sd, info, checksum=checksum)
     state: dict[str, Any] = {"path": str(path), "strength": strength, "merged": merge, "info": info,
                              "originals": {}}
     if strength == 0.0:
