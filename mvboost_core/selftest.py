@@ -148,11 +148,9 @@ def build_tiny_era3d(folder, seed: int = 0) -> tuple[Path, tuple[torch.Tensor, t
     embeds = (torch.randn(6, 77, D, generator=g), torch.randn(6, 77, D, generator=g))
     # no text encoder: store the (random) prompt embeddings in the loader's own cache file, which is what a
     # slimmed released folder carries too, so load_era3d(folder) works without arguments
-    from .era3d.pipeline import _PROMPT_CACHE_FORMAT, PROMPT_CACHE_NAME, era3d_prompts
+    from .era3d.pipeline import write_prompt_cache
 
-    save_file({"normal_prompt_embeds": embeds[0].half(), "color_prompt_embeds": embeds[1].half()},
-              str(root / PROMPT_CACHE_NAME),
-              metadata={"format": _PROMPT_CACHE_FORMAT, "fingerprint": "", "prompts": json.dumps(era3d_prompts())})
+    write_prompt_cache(root, embeds[0], embeds[1])
     embeds = (embeds[0].half().float(), embeds[1].half().float())
     return root, embeds
 
@@ -214,7 +212,7 @@ def run_selftest(workdir=None, log: Callable[[str], None] = print, frames: int =
                            search_resolution=32, resolution=48, pose_iters=3, lm_iters=1, adjust_iters=2,
                            reg_resolution=24, reg_azimuths=(90.0, 180.0), min_iou=0.0,
                            lpips_pretrained=False, backend="torch")
-        res = image_to_gaussians(example_image(96), era3d, lgm, optimize_pose=True, seed=0, steps=2,
+        res = image_to_gaussians(example_image(96), era3d, lgm, optimize_pose=True, seed=0, steps=1,
                                  pose_options=opts)
         timings["image_to_gaussians"] = time.perf_counter() - t
         t = time.perf_counter()
