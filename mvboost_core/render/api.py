@@ -69,7 +69,7 @@ class RenderOptions:
     alpha_max: float = 0.99
     tile_size: int = 8
     chunk: int = 32
-    max_step_elems: int = 1 << 21
+    max_step_elems: int = 1 << 22
     cull: bool = True
     backward: str = "custom"
 

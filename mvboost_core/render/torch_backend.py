@@ -49,7 +49,7 @@ class CompositeConfig:
 
     alpha_max: float = 0.99
     chunk: int = 32
-    max_step_elems: int = 1 << 21
+    max_step_elems: int = 1 << 22
 
 
 # feature columns of the packed per-(view, Gaussian) table
