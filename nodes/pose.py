@@ -103,13 +103,20 @@ class MVBoostOptimizeInputPose:
             if stage in offset:
                 bar.update_absolute(offset[stage] + done)  # also an interruption point
 
+        import torch
+
         device = C.get_torch_device()
-        g = gaussians.to(device=device)
-        H, W = int(img.shape[0]), int(img.shape[1])
-        cam0 = Cameras.orbit([-elev], [0.0], LGM_RADIUS, LGM_FOVY, W, H, device=device)
         C.check_interrupt()
-        g_out, cam, report = optimize_input_view(g, img.to(device), None if m is None else m.to(device), cam0, opts,
-                                                 progress=progress, check_interrupt=C.check_interrupt)
+        # ComfyUI runs every prompt under torch.inference_mode(): leave it (like core's nodes_train.py) and clone the
+        # inputs there, since inference tensors cannot take part in backward.
+        with torch.inference_mode(False), torch.enable_grad():
+            g = gaussians.to(device=device).clone()
+            img = img.to(device).clone()
+            m = None if m is None else m.to(device).clone()
+            H, W = int(img.shape[0]), int(img.shape[1])
+            cam0 = Cameras.orbit([-elev], [0.0], LGM_RADIUS, LGM_FOVY, W, H, device=device)
+            g_out, cam, report = optimize_input_view(g, img, m, cam0, opts,
+                                                     progress=progress, check_interrupt=C.check_interrupt)
         C.soft_empty_cache()
         r = report["renders"]
         return (g_out.to(device=C.intermediate_device()), cam.to(device=C.intermediate_device()),
