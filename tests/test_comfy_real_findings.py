@@ -88,3 +88,19 @@ def test_optimize_input_pose_runs_inside_comfyui_inference_mode(comfy_env):
     # something was optimised: the adjusted colours or the camera moved
     assert (not torch.equal(g_out.colors, gaussians.colors)) or not math.isclose(
         float((camera.c2w[0] - torch.eye(4)).abs().sum()), 0.0)
+
+
+def test_workflows_is_the_only_template_folder_comfyui_would_serve():
+    """Found on ComfyUI v0.3.64: ``app/custom_node_manager.py`` lists templates by globbing every folder named
+    example_workflows / example / examples / workflow / workflows, but serves
+    ``/api/workflow_templates/<pack>/<file>`` with one static route per *existing* folder of those names, all under
+    the same URL prefix, registered in that order. With an ``examples/`` folder next to ``workflows/`` (it held the
+    example photo) the first route won: the Templates browser listed our workflows and every one of them 404'd."""
+    from comfy_harness import REPO_ROOT
+
+    names = ["example_workflows", "example", "examples", "workflow", "workflows"]  # ComfyUI's order
+    present = [n for n in names if (REPO_ROOT / n).is_dir()]
+    assert present == ["workflows"], (
+        f"template folders {present}: ComfyUI serves templates only from the first of them; keep example assets "
+        "inside workflows/ (only its top-level *.json are listed as templates)"
+    )

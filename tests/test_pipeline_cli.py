@@ -139,7 +139,7 @@ def _install_tiny(env):
 
     build_tiny_era3d(env.models_dir / "era3d" / "tiny-era3d")
     build_tiny_lgm(env.models_dir / "lgm" / "tiny.safetensors")
-    shutil.copy(REPO / "examples" / "mvboost_example.png", env.input_dir / "mvboost_example.png")
+    shutil.copy(REPO / "workflows" / "mvboost_example.png", env.input_dir / "mvboost_example.png")
 
 
 FAST = {
