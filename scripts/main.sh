@@ -10,4 +10,4 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
 .venv/bin/python -m pip install -q --disable-pip-version-check -e .
-exec .venv/bin/mvboost generate examples/mvboost_example.png -o outputs/example "$@"
+exec .venv/bin/mvboost generate workflows/mvboost_example.png -o outputs/example "$@"
