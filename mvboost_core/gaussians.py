@@ -142,6 +142,12 @@ _PLY_FULL_PROPS = (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2
 _PLY_REQUIRED = _PLY_LGM_PROPS
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: "str | os.PathLike", data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder + ``os.replace`` (never half a file)."""
     path = Path(path)
@@ -152,6 +158,7 @@ def _atomic_write(path: "str | os.PathLike", data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644 & ~_current_umask())  # mkstemp creates 0600; saved models are ordinary files
         os.replace(tmp, path)
     except BaseException:
         try:

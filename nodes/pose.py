@@ -115,8 +115,17 @@ class MVBoostOptimizeInputPose:
             m = None if m is None else m.to(device).clone()
             H, W = int(img.shape[0]), int(img.shape[1])
             cam0 = Cameras.orbit([-elev], [0.0], LGM_RADIUS, LGM_FOVY, W, H, device=device)
-            g_out, cam, report = optimize_input_view(g, img, m, cam0, opts,
-                                                     progress=progress, check_interrupt=C.check_interrupt)
+            try:
+                g_out, cam, report = optimize_input_view(g, img, m, cam0, opts,
+                                                         progress=progress, check_interrupt=C.check_interrupt)
+            except FileNotFoundError as e:
+                if "LPIPS" not in str(e):
+                    raise
+                raise FileNotFoundError(
+                    f"Optimize Input Pose scores poses with LPIPS-VGG and could not find its backbone weights. {e} "
+                    "In ComfyUI: place that file there and run again, or switch 'lpips_pretrained' off "
+                    "(random VGG features: only for testing)."
+                ) from e
         C.soft_empty_cache()
         r = report["renders"]
         return (g_out.to(device=C.intermediate_device()), cam.to(device=C.intermediate_device()),

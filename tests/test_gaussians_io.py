@@ -406,3 +406,24 @@ def test_spz_bad_input(tmp_path):
     with pytest.raises(ValueError, match="24-bit"):
         save_spz(far, tmp_path / "far.spz")
     assert not (tmp_path / "far.spz").exists()
+
+
+def test_saved_files_are_world_readable_like_comfyui_outputs(tmp_path):
+    """mkstemp makes 0600 files; a saved model must get ordinary permissions (0644 under umask 022)."""
+    import os
+    import stat
+
+    import torch
+
+    from mvboost_core.gaussians import Gaussians, save_ply, save_splat
+
+    n = 8
+    g = Gaussians(means=torch.rand(n, 3) - 0.5, opacities=torch.full((n,), 0.9), scales=torch.full((n, 3), 0.02),
+                  quats=torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1), colors=torch.rand(n, 3))
+    old = os.umask(0o022)
+    try:
+        for fn, name in ((save_ply, "a.ply"), (save_splat, "a.splat")):
+            fn(g, tmp_path / name)
+            assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644
+    finally:
+        os.umask(old)
