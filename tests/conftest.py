@@ -19,3 +19,17 @@ def fixtures_dir() -> Path:
     if not FIXTURES.is_dir():
         pytest.skip(f"parity fixtures not found at {FIXTURES} (set MVBOOST_FIXTURES); CI always has them")
     return FIXTURES
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests on one torch thread, restored afterwards.
+
+    For the micro/tiny models and small renders one thread is as fast as two on an idle machine, and it avoids
+    OpenMP barrier spinning when the 2 CI cores are shared (observed 10-50x slow-downs with 2 threads).
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")`` or as a test argument.
+    """
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)

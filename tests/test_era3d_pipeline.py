@@ -24,14 +24,7 @@ from mvboost_core.era3d.preprocess import (
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The micro models are tiny: one thread is as fast as two on an idle machine and avoids OpenMP's
-    catastrophic barrier spinning when the 2 cores are shared with other jobs (observed 20x slow-downs)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _close(actual, expected, atol, rtol=0.0, what=""):

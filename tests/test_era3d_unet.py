@@ -17,14 +17,7 @@ from mvboost_core.era3d import Era3DConfigError, Era3DUNet, auto_dtype, normaliz
 TOL = dict(atol=1e-4, rtol=1e-4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The micro UNet's ops are tiny: with 2 OpenMP threads on a shared, oversubscribed 2-core machine a forward
-    takes 10-30 s of wall time (spin-waiting) instead of ~1 s with one thread. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

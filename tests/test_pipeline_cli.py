@@ -14,14 +14,7 @@ from mvboost_core import cli
 from mvboost_core.selftest import build_tiny_era3d, build_tiny_lgm, example_image
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One thread: on the shared 2-core machine OpenMP barrier spinning under oversubscription makes 2 threads
-    several times slower than 1 for these small renders (see docs/benchmarks.md, Renderer)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

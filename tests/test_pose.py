@@ -13,14 +13,7 @@ from mvboost_core.pose import PoseOptions, optimize_input_view, orbit_params, so
 from mvboost_core.render import render
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One thread: on the shared 2-core machine OpenMP barrier spinning under oversubscription makes 2 threads
-    several times slower than 1 for these small renders (see docs/benchmarks.md, Renderer)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------ fixture recovery

@@ -120,14 +120,6 @@ def micro_era3d(fixtures_dir):
     return pipe, io
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 def test_refine_strength_0_is_the_vae_round_trip_of_the_renders(micro_era3d, one_thread):
     pipe, io = micro_era3d
     g = _discs()
