@@ -573,7 +573,9 @@ def _tensor_versions(value, depth: int = 0) -> list:
 
     out = []
     if isinstance(value, torch.Tensor):
-        out.append((value, value._version))
+        # ComfyUI runs nodes under torch.inference_mode(), so inputs made by earlier nodes are inference tensors,
+        # whose _version cannot be read: keep a copy of those instead and compare values afterwards.
+        out.append((value, value.clone() if value.is_inference() else value._version))
     elif is_dataclass(value) and not isinstance(value, type) and depth < 3:
         for f in fields(value):
             out.extend(_tensor_versions(getattr(value, f.name), depth + 1))
@@ -584,6 +586,18 @@ def _tensor_versions(value, depth: int = 0) -> list:
         for v in list(value.values())[:64]:
             out.extend(_tensor_versions(v, depth + 1))
     return out
+
+
+def _same_values(a, b) -> bool:
+    """Equal shapes and values, NaNs in the same places counting as equal."""
+    import torch
+
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_floating_point() or a.is_complex():
+        na, nb = torch.isnan(a), torch.isnan(b)
+        return bool(torch.equal(na, nb) and torch.equal(a[~na], b[~nb]))
+    return bool(torch.equal(a, b))
 
 
 def _dataclass_ids(value) -> list:
@@ -825,9 +839,12 @@ class ComfyEnv:
             for kw in calls:
                 snaps = [s for v in kw.values() for s in _tensor_versions(v)]
                 ids = [s for v in kw.values() for s in _dataclass_ids(v)]
-                r = fn(**kw)
+                import torch
+
+                with torch.inference_mode():  # like ComfyUI's executor (execution.py): nodes needing autograd leave it
+                    r = fn(**kw)
                 for t, ver in snaps:
-                    if t._version != ver:
+                    if (not _same_values(t, ver)) if isinstance(ver, torch.Tensor) else t._version != ver:
                         raise AssertionError(f"node {nid} ({ct}) modified an input tensor in place "
                                              "(ComfyUI caches outputs: nodes must not mutate their inputs)")
                 for o, before in ids:

@@ -425,23 +425,27 @@ def test_multiview_node_is_interruptible_and_refuses_bad_input(comfy_env, era3d_
 
     comfy_env.modules["comfy.utils"].set_progress_bar_global_hook(hook)
     node = comfy_env.nodes["MVBoostEra3DMultiView"]()
+    def generate(*args, **kwargs):  # ComfyUI runs every node under torch.inference_mode()
+        with torch.inference_mode():
+            return node.generate(*args, **kwargs)
+
     with pytest.raises(comfy_env.InterruptProcessingException):
-        node.generate(pipe, rgba, seed=1, steps=3)
+        generate(pipe, rgba, seed=1, steps=3)
     assert seen == [(1, 3)]  # stopped between steps
     comfy_env.modules["comfy.utils"].set_progress_bar_global_hook(lambda *a, **k: None)
     # RGB without a mask, a batch, an empty LoadImage mask (fully transparent), a wrong-size mask
     with pytest.raises(ValueError, match="no alpha channel and no mask"):
-        node.generate(pipe, rgba[..., :3], steps=1)
+        generate(pipe, rgba[..., :3], steps=1)
     with pytest.raises(ValueError, match="batch of 2"):
-        node.generate(pipe, rgba.repeat(2, 1, 1, 1), steps=1)
+        generate(pipe, rgba.repeat(2, 1, 1, 1), steps=1)
     with pytest.raises(ValueError, match="empty"):
-        node.generate(pipe, rgba[..., :3], steps=1, mask=torch.ones(1, 100, 76))
+        generate(pipe, rgba[..., :3], steps=1, mask=torch.ones(1, 100, 76))
     with pytest.raises(ValueError, match="blank 64x64 MASK"):
-        node.generate(pipe, rgba[..., :3], steps=1, mask=torch.zeros(1, 64, 64))
+        generate(pipe, rgba[..., :3], steps=1, mask=torch.zeros(1, 64, 64))
     # LoadImage MASK (1 - alpha) and an object mask give the same views as the RGBA image
-    out_rgba = node.generate(pipe, rgba, seed=2, steps=1)
-    out_mask = node.generate(pipe, rgba[..., :3], seed=2, steps=1, mask=1.0 - rgba[..., 3])
-    out_obj = node.generate(pipe, rgba[..., :3], seed=2, steps=1, mask=rgba[..., 3],
+    out_rgba = generate(pipe, rgba, seed=2, steps=1)
+    out_mask = generate(pipe, rgba[..., :3], seed=2, steps=1, mask=1.0 - rgba[..., 3])
+    out_obj = generate(pipe, rgba[..., :3], seed=2, steps=1, mask=rgba[..., 3],
                             mask_convention="object mask (1 = object)")
     assert torch.equal(out_rgba[1], out_mask[1]) and torch.equal(out_rgba[1], out_obj[1])
 
