@@ -15,6 +15,29 @@ Weights are materialised cheaply: the model is built on the meta device, ``to_em
 (normal with std 1/√fan_in for matrices, 1 for norm scales, 0 for biases) so activations stay finite.
 
     python benchmarks/era3d_bench.py [--threads 2] [--cases unet_fp32_b12,unet_bf16_b12] [--fixtures DIR]
+    python benchmarks/era3d_bench.py --cases unet_fp32_b12 --reference ~/Era3D --reference-python ~/refvenv/bin/python
+
+``--reference DIR`` (case ``unet_fp32_b12`` only) also times the upstream ``UNetMV2DConditionModel`` from an
+Era3D checkout (github pengHTYX/Era3D, ``mvdiffusion/models/unet_mv2d_condition.py``) side by side with ours, like
+``lgm_bench.py --reference``: our child saves its random weights (838 tensors) to a temp safetensors file *after*
+its timed forward; a second child, run by ``--reference-python`` (default: this interpreter; the upstream code needs
+its own environment with diffusers 0.26.0, e.g. ``diffusers==0.26.0 huggingface_hub==0.20.3 accelerate==0.21.0
+"numpy<2" einops safetensors`` and the same torch), builds upstream's UNet from the same config on the meta device,
+loads those weights by name (``strict=True``), runs the same inputs and saves its outputs; the parent prints both
+rows and max |out_ours − out_ref|, max |pose_ours − pose_ref|. The upstream code runs unmodified with the
+processors the released model always ran with: ``enable_xformers_memory_efficient_attention()`` (upstream's
+``XFormersJointAttnProcessor`` / ``XFormersMVAttnProcessor`` and diffusers' ``XFormersAttnProcessor``). xformers
+has no CPU build here, so the reference child puts a stand-in ``xformers`` package on ``sys.path`` (temp dir, with
+dist-info so diffusers' ``is_xformers_available()`` is true) whose ``ops.memory_efficient_attention`` is torch's
+``scaled_dot_product_attention`` on ``[N, 1, L, d]`` (3-D ``[N, L, d]`` input would select CPU SDPA's math kernel
+and materialise 8 GiB score matrices); diffusers' CUDA probe inside ``enable_xformers_...`` is satisfied by making
+``torch.cuda.is_available`` true and ``torch.randn(device="cuda")`` a CPU tensor for the duration of that one call.
+In this mode both children reset their peak-RSS counter after building/loading (``/proc/self/clear_refs``), so
+"peak RSS" is the peak of the forward phase (weights resident + activations); the build/load peak is in the JSON.
+``--unet-config FILE`` replaces the released config (inputs follow its ``in_channels``, ``sample_size``,
+``cross_attention_dim``, ``projection_class_embeddings_input_dim``): a small config makes a seconds-long smoke
+test of the whole reference plumbing. Upstream hard-codes the regressors' hidden width 1280, so such a config must
+not set ``regress_hidden_dim``.
 
 A full-size forward takes minutes of CPU: run this once, not in a loop. On CPUs without native bf16
 (no avx512_bf16/AMX; ``probe_bf16`` shows bf16 convolutions 15-250× slower than fp32) ``unet_bf16_b12`` runs the way
@@ -27,8 +50,10 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,12 +90,16 @@ def _fill_random_(model, seed: int = 0) -> None:
                 p.fill_(1.0)
 
 
-def _build_unet(fixtures: Path, dtype, pure_half: bool = False):
+def _unet_config(fixtures: Path, unet_config: Path | None = None) -> dict:
+    return json.loads((unet_config or fixtures / "era3d" / "unet_config_512_6view.json").read_text())
+
+
+def _build_unet(fixtures: Path, dtype, pure_half: bool = False, unet_config: Path | None = None):
     import torch
 
     from mvboost_core.era3d import Era3DUNet, auto_dtype
 
-    cfg = json.loads((fixtures / "era3d" / "unet_config_512_6view.json").read_text())
+    cfg = _unet_config(fixtures, unet_config)
     unet = Era3DUNet.from_config(cfg, device="meta").to(dtype=dtype)
     unet = unet.to_empty(device="cpu")
     _fill_random_(unet)
@@ -80,17 +109,139 @@ def _build_unet(fixtures: Path, dtype, pure_half: bool = False):
     return unet
 
 
-def _unet_inputs(batch: int, dtype):
+def _unet_inputs(batch: int, dtype, cfg: dict | None = None):
+    """Seeded inputs: sample [batch, in_ch, s, s], prompt embeds [batch, 77, cross_dim], class labels [batch, cls_dim].
+
+    Sizes come from ``cfg`` (a UNet config dict); without it the released config's 8, 64, 1024, 2048.
+    """
     import torch
 
+    cfg = cfg or {}
+    c, s = cfg.get("in_channels", 8), cfg.get("sample_size", 64)
+    xd, cd = cfg.get("cross_attention_dim", 1024), cfg.get("projection_class_embeddings_input_dim", 2048)
     g = torch.Generator().manual_seed(1)
-    sample = torch.randn(batch, 8, 64, 64, generator=g).to(dtype)
-    ehs = torch.randn(batch, 77, 1024, generator=g).to(dtype)
-    cls = torch.randn(batch, 2048, generator=g).to(dtype)
+    sample = torch.randn(batch, c, s, s, generator=g).to(dtype)
+    ehs = torch.randn(batch, 77, xd, generator=g).to(dtype)
+    cls = torch.randn(batch, cd, generator=g).to(dtype)
     return sample, ehs, cls
 
 
-def run_case(case: str, fixtures: Path, threads: int) -> dict:
+def _reset_peak_rss() -> bool:
+    """Reset this process's VmHWM to its current RSS (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+_XFORMERS_STANDIN = '''"""Stand-in for xformers (written by benchmarks/era3d_bench.py): memory_efficient_attention on torch SDPA."""
+import torch
+import torch.nn.functional as F
+
+
+def memory_efficient_attention(query, key, value, attn_bias=None, p=0.0, scale=None, *, op=None, output_dtype=None):
+    """xformers semantics: [B, M, K] or [B, M, H, K] inputs, softmax(q k^T * scale + bias) v, scale 1/sqrt(K) by default."""
+    if p:
+        raise NotImplementedError("dropout")
+    if attn_bias is not None and not isinstance(attn_bias, torch.Tensor):
+        raise NotImplementedError(f"attn_bias of type {type(attn_bias).__name__}")
+    if query.ndim == 3:  # [B, M, K] -> [B, 1, M, K]: 4-D keeps CPU SDPA on its fused (flash) kernel
+        mask = attn_bias.unsqueeze(1) if attn_bias is not None else None
+        out = F.scaled_dot_product_attention(query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1),
+                                             attn_mask=mask, scale=scale)
+        out = out.squeeze(1)
+    elif query.ndim == 4:  # [B, M, H, K] -> [B, H, M, K]
+        out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+                                             attn_mask=attn_bias, scale=scale).transpose(1, 2)
+    else:
+        raise ValueError(f"query must be 3-D or 4-D, got {tuple(query.shape)}")
+    return out if output_dtype is None else out.to(output_dtype)
+'''
+
+
+def _install_xformers_standin(root: Path) -> None:
+    """Write the stand-in ``xformers`` package (+ dist-info for importlib.metadata) under ``root``; prepend to sys.path."""
+    (root / "xformers" / "ops").mkdir(parents=True, exist_ok=True)
+    (root / "xformers" / "__init__.py").write_text('__version__ = "0.0.23.post1"  # stand-in: torch SDPA\n')
+    (root / "xformers" / "ops" / "__init__.py").write_text(_XFORMERS_STANDIN)
+    dist = root / "xformers-0.0.23.post1.dist-info"
+    dist.mkdir(exist_ok=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: xformers\nVersion: 0.0.23.post1\n")
+    sys.path.insert(0, str(root))
+
+
+def run_reference_unet(ref_dir: Path, fixtures: Path, threads: int, tmp: Path, unet_config: Path | None) -> dict:
+    """The upstream Era3D UNet (checkout ``ref_dir``), weights/inputs from our child's files in ``tmp``; batch 12 fp32.
+
+    Runs in the reference environment (old diffusers), so it imports nothing from mvboost_core.
+    """
+    _install_xformers_standin(tmp / "standin")  # before diffusers is imported: it probes xformers at import time
+    import torch
+
+    torch.set_num_threads(threads)
+    sys.path.insert(0, str(ref_dir))
+    import diffusers
+    from diffusers.utils.import_utils import is_xformers_available
+    from mvdiffusion.models.unet_mv2d_condition import UNetMV2DConditionModel  # type: ignore
+    from safetensors import safe_open
+
+    assert is_xformers_available(), "the xformers stand-in is not visible to diffusers"
+    res: dict = {"case": "unet_fp32_b12 (reference)", "torch": torch.__version__, "diffusers": diffusers.__version__}
+    cfg = _unet_config(fixtures, unet_config)
+    t0 = time.perf_counter()
+    with torch.device("meta"):
+        unet = UNetMV2DConditionModel.from_config(cfg)
+    with safe_open(str(tmp / "weights.safetensors"), framework="pt") as f:
+        sd = {k: f.get_tensor(k) for k in f.keys()}
+    unet.load_state_dict(sd, strict=True, assign=True)
+    del sd
+    left = [n for n, t in [*unet.named_parameters(), *unet.named_buffers()] if t.is_meta]
+    assert not left, f"tensors not loaded: {left[:5]}"
+    unet.eval().requires_grad_(False)
+    # what the released model ran with (test_mvdiffusion_unclip.py): enable_xformers_memory_efficient_attention().
+    # diffusers' Attention checks torch.cuda.is_available() and runs a tiny op on device="cuda" first: satisfy both
+    # for the duration of this one call (the op then runs on CPU through the stand-in).
+    real_avail, real_randn = torch.cuda.is_available, torch.randn
+
+    def cpu_randn(*a, **k):
+        if str(k.get("device", "")).startswith("cuda"):
+            k["device"] = "cpu"
+        return real_randn(*a, **k)
+
+    torch.cuda.is_available, torch.randn = (lambda: True), cpu_randn
+    try:
+        unet.enable_xformers_memory_efficient_attention()
+    finally:
+        torch.cuda.is_available, torch.randn = real_avail, real_randn
+    procs: dict = {}
+    for p in unet.attn_processors.values():
+        procs[type(p).__name__] = procs.get(type(p).__name__, 0) + 1
+    assert all(n.startswith("XFormers") for n in procs), procs
+    res["processors"] = procs
+    res["build_s"] = time.perf_counter() - t0
+    res["weights_dtype"] = res["compute_dtype"] = str(unet.dtype)
+    res["rss_after_build_mib"] = _rss_mib("VmRSS")
+    res["peak_rss_build_mib"] = _rss_mib("VmHWM")
+    res["peak_reset"] = _reset_peak_rss()
+    sample, ehs, cls = _unet_inputs(12, torch.float32, cfg)
+    with torch.inference_mode():
+        t0, c0 = time.perf_counter(), time.process_time()
+        out, pose = unet(sample, 976, encoder_hidden_states=ehs, class_labels=cls, return_dict=False)
+        res["forward_s"] = time.perf_counter() - t0
+        res["forward_cpu_s"] = time.process_time() - c0
+    res["peak_rss_mib"] = _rss_mib("VmHWM")
+    res["finite"] = bool(torch.isfinite(out).all())
+    res["pose_shape"] = list(pose.shape)
+    torch.save({"out": out, "pose": pose}, tmp / "out_reference.pt")
+    return res
+
+
+def run_case(case: str, fixtures: Path, threads: int, tmp: Path | None = None,
+             unet_config: Path | None = None) -> dict:
+    """One case in this process. With ``tmp`` (``--reference`` mode, unet cases): reset the peak-RSS counter after
+    building, and after the timed forward save the weights and outputs there for the reference child."""
     import torch
 
     torch.set_num_threads(threads)
@@ -120,11 +271,15 @@ def run_case(case: str, fixtures: Path, threads: int) -> dict:
         dtype = torch.bfloat16 if "bf16" in case else torch.float32
         batch = 24 if "b24" in case else 12
         t0 = time.perf_counter()
-        unet = _build_unet(fixtures, dtype, pure_half=os.environ.get("ERA3D_BENCH_PURE_HALF") == "1")
+        unet = _build_unet(fixtures, dtype, pure_half=os.environ.get("ERA3D_BENCH_PURE_HALF") == "1",
+                           unet_config=unet_config)
         res["build_s"] = time.perf_counter() - t0
         res["weights_dtype"], res["compute_dtype"] = str(unet.dtype), str(unet.compute_dtype)
         res["rss_after_build_mib"] = _rss_mib("VmRSS")
-        sample, ehs, cls = _unet_inputs(batch, dtype)
+        if tmp is not None:
+            res["peak_rss_build_mib"] = _rss_mib("VmHWM")
+            res["peak_reset"] = _reset_peak_rss()
+        sample, ehs, cls = _unet_inputs(batch, dtype, _unet_config(fixtures, unet_config))
         with torch.inference_mode():
             t0, c0 = time.perf_counter(), time.process_time()
             if case == "step_fp32_b24":
@@ -149,6 +304,14 @@ def run_case(case: str, fixtures: Path, threads: int) -> dict:
             res["forward_s"] = time.perf_counter() - t0
             res["forward_cpu_s"] = time.process_time() - c0
         res["pose_shape"] = list(pose.shape)
+        if tmp is not None and case == "unet_fp32_b12":  # after the timed forward, and after reading the peak: serialising costs a weights copy
+            from safetensors.torch import save_file
+
+            res["peak_rss_mib"] = _rss_mib("VmHWM")
+            res["torch"] = torch.__version__
+            torch.save({"out": out, "pose": pose}, tmp / "out_ours.pt")
+            save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(tmp / "weights.safetensors"))
+            return res
     elif case == "vae_decode12_fp32":
         from diffusers import AutoencoderKL
 
@@ -187,11 +350,23 @@ def main() -> None:
     ap.add_argument("--cases", default="probe_bf16,unet_fp32_b12,unet_bf16_b12,step_fp32_b24,vae_decode12_fp32")
     ap.add_argument("--fixtures", type=Path, default=DEFAULT_FIXTURES)
     ap.add_argument("--force-bf16", action="store_true")
+    ap.add_argument("--reference", type=Path, default=None,
+                    help="an upstream pengHTYX/Era3D checkout: time its UNet beside ours (case unet_fp32_b12)")
+    ap.add_argument("--reference-python", default=sys.executable,
+                    help="interpreter of the reference environment (diffusers 0.26.0); default: this one")
+    ap.add_argument("--unet-config", type=Path, default=None,
+                    help="UNet config json instead of the released one (e.g. a small one for a smoke test)")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--_impl", default="ours", help=argparse.SUPPRESS)
+    ap.add_argument("--_tmp", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args._child:
-        print(json.dumps(run_case(args._child, args.fixtures, args.threads)))
+        if args._impl == "reference":
+            print(json.dumps(run_reference_unet(args.reference, args.fixtures, args.threads, args._tmp,
+                                                args.unet_config)))
+        else:
+            print(json.dumps(run_case(args._child, args.fixtures, args.threads, args._tmp, args.unet_config)))
         return
 
     import torch
@@ -199,27 +374,54 @@ def main() -> None:
     print(f"# Era3D benchmark  torch {torch.__version__}  python {platform.python_version()}  "
           f"cpu {platform.processor() or platform.machine()} ({os.cpu_count()} cores)  threads {args.threads}  "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    if args.unet_config is not None:
+        print(f"# UNet config: {args.unet_config}")
     rows = []
+    diffs = []
     bf16_ok = True
+    tmp_root = Path(tempfile.mkdtemp(prefix="era3d_bench_")) if args.reference else None
+
+    def child(case: str, python: str, env: dict, extra: list[str]) -> dict:
+        load0 = _load_avg()
+        t0 = time.perf_counter()
+        cmd = [python, __file__, "--_child", case, "--threads", str(args.threads), "--fixtures", str(args.fixtures)]
+        if args.unet_config is not None:
+            cmd += ["--unet-config", str(args.unet_config.resolve())]
+        p = subprocess.run(cmd + extra, capture_output=True, text=True, cwd=REPO, env=env)
+        if p.returncode != 0:
+            row = {"case": case, "note": f"failed (rc {p.returncode}): {p.stderr.strip()[-300:]}"}
+        else:
+            row = json.loads(p.stdout.strip().splitlines()[-1])
+        row["wall_total_s"] = time.perf_counter() - t0
+        row["loadavg_before_after"] = f"{load0}/{_load_avg()}"
+        print(json.dumps(row), flush=True)
+        return row
+
     for case in [c.strip() for c in args.cases.split(",") if c.strip()]:
         env = dict(os.environ)
         if case == "unet_bf16_b12" and args.force_bf16:
             if not bf16_ok:
                 print("# warning: pure bf16 compute on a CPU without native bf16: expect hours", flush=True)
             env["ERA3D_BENCH_PURE_HALF"] = "1"
-        load0 = _load_avg()
-        t0 = time.perf_counter()
-        p = subprocess.run([sys.executable, __file__, "--_child", case, "--threads", str(args.threads),
-                            "--fixtures", str(args.fixtures)], capture_output=True, text=True, cwd=REPO, env=env)
-        if p.returncode != 0:
-            rows.append({"case": case, "note": f"failed (rc {p.returncode}): {p.stderr.strip()[-300:]}"})
-        else:
-            rows.append(json.loads(p.stdout.strip().splitlines()[-1]))
-        rows[-1]["wall_total_s"] = time.perf_counter() - t0
-        rows[-1]["loadavg_before_after"] = f"{load0}/{_load_avg()}"
+        with_ref = args.reference is not None and case == "unet_fp32_b12"
+        extra = ["--_tmp", str(tmp_root)] if with_ref else []
+        rows.append(child(case, sys.executable, env, extra))
         if case == "probe_bf16" and "conv_slowdown_bf16" in rows[-1]:
             bf16_ok = rows[-1]["conv_slowdown_bf16"] < 5
-        print(json.dumps(rows[-1]), flush=True)
+        if with_ref and (tmp_root / "weights.safetensors").exists():
+            rows[-1]["case"] += " (ours)"
+            rows.append(child(case, args.reference_python, dict(os.environ),
+                              extra + ["--_impl", "reference", "--reference", str(args.reference.resolve())]))
+            if (tmp_root / "out_reference.pt").exists():
+                a, b = torch.load(tmp_root / "out_ours.pt"), torch.load(tmp_root / "out_reference.pt")
+                d_out = (a["out"] - b["out"]).abs().max().item()
+                d_pose = (a["pose"] - b["pose"]).abs().max().item()
+                diffs.append(f"{case}: ours vs reference: max |Δout| {d_out:.3e} (max |out_ref| "
+                             f"{b['out'].abs().max().item():.3g}), max |Δpose| {d_pose:.3e} (pose_ref "
+                             f"{[round(v, 5) for v in b['pose'].flatten().tolist()]}); wall ratio ours/reference "
+                             f"{rows[-2]['forward_s'] / rows[-1]['forward_s']:.3f}")
+    if tmp_root is not None:
+        shutil.rmtree(tmp_root, ignore_errors=True)
 
     print("\n| case | build s | forward wall s | forward CPU s | peak RSS GiB | load avg (before/after) | note |")
     print("|---|---|---|---|---|---|---|")
@@ -236,7 +438,13 @@ def main() -> None:
         note = r.get("note", "finite" if r.get("finite") else ("NON-FINITE" if "finite" in r else ""))
         if "compute_dtype" in r and r["compute_dtype"] != r["weights_dtype"]:
             note += f"; weights {r['weights_dtype']}, compute {r['compute_dtype']}"
+        if "torch" in r:
+            note += f"; torch {r['torch']}" + (f", diffusers {r['diffusers']}" if "diffusers" in r else "")
+        if r.get("peak_reset"):
+            note += f"; peak RSS of the forward phase (build/load peak {r['peak_rss_build_mib'] / 1024:.2f} GiB)"
         print(f"| {r['case']} | {b} | {f} | {c} | {m} | {r.get('loadavg_before_after', '')} | {note} |")
+    for d in diffs:
+        print(d)
 
 
 if __name__ == "__main__":
