@@ -22,7 +22,7 @@ Era3D checkout (github pengHTYX/Era3D, ``mvdiffusion/models/unet_mv2d_condition.
 ``lgm_bench.py --reference``: our child saves its random weights (838 tensors) to a temp safetensors file *after*
 its timed forward; a second child, run by ``--reference-python`` (default: this interpreter; the upstream code needs
 its own environment with diffusers 0.26.0, e.g. ``diffusers==0.26.0 huggingface_hub==0.20.3 accelerate==0.21.0
-"numpy<2" einops safetensors`` and the same torch), builds upstream's UNet from the same config on the meta device,
+"numpy<2" einops safetensors`` and the same torch; several comma-separated interpreters run the reference once each), builds upstream's UNet from the same config on the meta device,
 loads those weights by name (``strict=True``), runs the same inputs and saves its outputs; the parent prints both
 rows and max |out_ours − out_ref|, max |pose_ours − pose_ref|. The upstream code runs unmodified with the
 processors the released model always ran with: ``enable_xformers_memory_efficient_attention()`` (upstream's
@@ -193,8 +193,12 @@ def run_reference_unet(ref_dir: Path, fixtures: Path, threads: int, tmp: Path, u
     t0 = time.perf_counter()
     with torch.device("meta"):
         unet = UNetMV2DConditionModel.from_config(cfg)
+    sd = {}
     with safe_open(str(tmp / "weights.safetensors"), framework="pt") as f:
-        sd = {k: f.get_tensor(k) for k in f.keys()}
+        for k in f.keys():  # own copies (get_tensor may be a view of the mmap, paged in lazily during the forward)
+            t = f.get_tensor(k)
+            sd[k] = t.clone()
+            del t
     unet.load_state_dict(sd, strict=True, assign=True)
     del sd
     left = [n for n, t in [*unet.named_parameters(), *unet.named_buffers()] if t.is_meta]
@@ -353,7 +357,8 @@ def main() -> None:
     ap.add_argument("--reference", type=Path, default=None,
                     help="an upstream pengHTYX/Era3D checkout: time its UNet beside ours (case unet_fp32_b12)")
     ap.add_argument("--reference-python", default=sys.executable,
-                    help="interpreter of the reference environment (diffusers 0.26.0); default: this one")
+                    help="interpreter of the reference environment (diffusers 0.26.0); default: this one. "
+                         "Several, comma-separated, run the reference once in each (e.g. two torch builds)")
     ap.add_argument("--unet-config", type=Path, default=None,
                     help="UNet config json instead of the released one (e.g. a small one for a smoke test)")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
@@ -410,16 +415,19 @@ def main() -> None:
             bf16_ok = rows[-1]["conv_slowdown_bf16"] < 5
         if with_ref and (tmp_root / "weights.safetensors").exists():
             rows[-1]["case"] += " (ours)"
-            rows.append(child(case, args.reference_python, dict(os.environ),
-                              extra + ["--_impl", "reference", "--reference", str(args.reference.resolve())]))
-            if (tmp_root / "out_reference.pt").exists():
-                a, b = torch.load(tmp_root / "out_ours.pt"), torch.load(tmp_root / "out_reference.pt")
-                d_out = (a["out"] - b["out"]).abs().max().item()
-                d_pose = (a["pose"] - b["pose"]).abs().max().item()
-                diffs.append(f"{case}: ours vs reference: max |Δout| {d_out:.3e} (max |out_ref| "
-                             f"{b['out'].abs().max().item():.3g}), max |Δpose| {d_pose:.3e} (pose_ref "
-                             f"{[round(v, 5) for v in b['pose'].flatten().tolist()]}); wall ratio ours/reference "
-                             f"{rows[-2]['forward_s'] / rows[-1]['forward_s']:.3f}")
+            ours_row = rows[-1]
+            for py in [x for x in args.reference_python.split(",") if x]:
+                (tmp_root / "out_reference.pt").unlink(missing_ok=True)
+                rows.append(child(case, py, dict(os.environ),
+                                  extra + ["--_impl", "reference", "--reference", str(args.reference.resolve())]))
+                if (tmp_root / "out_reference.pt").exists():
+                    a, b = torch.load(tmp_root / "out_ours.pt"), torch.load(tmp_root / "out_reference.pt")
+                    d_out = (a["out"] - b["out"]).abs().max().item()
+                    d_pose = (a["pose"] - b["pose"]).abs().max().item()
+                    diffs.append(f"{case}: ours vs reference (torch {rows[-1].get('torch')}): max |Δout| {d_out:.3e} "
+                                 f"(max |out_ref| {b['out'].abs().max().item():.3g}), max |Δpose| {d_pose:.3e} "
+                                 f"(pose_ref {[round(v, 5) for v in b['pose'].flatten().tolist()]}); "
+                                 f"wall ratio ours/reference {ours_row['forward_s'] / rows[-1]['forward_s']:.3f}")
     if tmp_root is not None:
         shutil.rmtree(tmp_root, ignore_errors=True)
 
@@ -440,6 +448,8 @@ def main() -> None:
             note += f"; weights {r['weights_dtype']}, compute {r['compute_dtype']}"
         if "torch" in r:
             note += f"; torch {r['torch']}" + (f", diffusers {r['diffusers']}" if "diffusers" in r else "")
+        if r.get("forward_s") and r.get("forward_cpu_s"):
+            note += f"; CPU use {100 * r['forward_cpu_s'] / r['forward_s']:.0f} %"
         if r.get("peak_reset"):
             note += f"; peak RSS of the forward phase (build/load peak {r['peak_rss_build_mib'] / 1024:.2f} GiB)"
         print(f"| {r['case']} | {b} | {f} | {c} | {m} | {r.get('loadavg_before_after', '')} | {note} |")
