@@ -162,3 +162,30 @@ def test_image_by_image_inference_equals_batched_autograd_path(micro, lgm_fixtur
     with torch.enable_grad():
         batched = micro.forward_gaussians(io["input"])  # the autograd path keeps the whole batch
     assert (chunked - batched.detach()).abs().max() <= 2e-5
+
+
+def test_stem_and_head_image_by_image_equal_batched(micro, lgm_fixtures, monkeypatch):
+    """With the threshold lowered to 32x32 the micro net's stem (conv_in + down block 0, 64x64) and head (last up
+    block + conv_out, 32x32) run one image at a time under no_grad; the result must equal the batched path."""
+    from mvboost_core.lgm import network
+
+    io = load_file(lgm_fixtures / "io_micro_b2.safetensors")
+    monkeypatch.setattr(network, "CHUNK_PIXELS", 32 * 32)
+    batches = {"conv_in": [], "conv_out": []}
+    hooks = [getattr(micro.unet, k).register_forward_hook(lambda m, i, o, k=k: batches[k].append(o.shape[0]))
+             for k in batches]
+    try:
+        with torch.no_grad():
+            by_image = micro.forward_gaussians(io["input"])
+        assert batches == {"conv_in": [1] * 8, "conv_out": [1] * 8}  # 2 samples x 4 views, one at a time
+        for v in batches.values():
+            v.clear()
+        with torch.enable_grad():
+            batched = micro.forward_gaussians(io["input"]).detach()
+        assert batches == {"conv_in": [8], "conv_out": [8]}
+    finally:
+        for h in hooks:
+            h.remove()
+    assert (by_image - batched).abs().max() <= 2e-5
+    d = (by_image - io["gaussians"]).abs()
+    assert d.max() <= 2e-4 and d.mean() <= 1e-5

@@ -216,14 +216,20 @@ class UpBlock(nn.Module):
         self.attns = nn.ModuleList([MVAttention(cout) for _ in range(n)]) if attention else None
         self.upsample = Conv2d(cout, cout, 3, 1, 1) if upsample else None
 
-    def forward(self, x: Tensor, skips: list) -> Tensor:
+    def forward(self, x: Tensor, skips: list, upsample: bool = True) -> Tensor:
+        """Resnets (each concatenating ``skips.pop()``) and attentions, then the upsample unless
+        ``upsample=False`` (the caller then applies :meth:`up` itself)."""
         for i, net in enumerate(self.nets):
             x = net(x, skips.pop())  # concatenates (x, skip) on channels
             if self.attns is not None:
                 x = self.attns[i](x)
-        if self.upsample is not None:
-            x = self.upsample(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-        return x
+        return self.up(x) if upsample else x
+
+    def up(self, x: Tensor) -> Tensor:
+        """Nearest 2x upsampling followed by a 3x3 conv (identity if this block does not upsample)."""
+        if self.upsample is None:
+            return x
+        return self.upsample(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class UNet(nn.Module):
@@ -250,18 +256,75 @@ class UNet(nn.Module):
         self._unused_skips = n_skips - (LAYERS_PER_BLOCK + 1) * len(u)
 
     def forward(self, x: Tensor) -> Tensor:  # [B*4,9,S,S] -> [B*4,14,s,s]
-        counter = iter(range(10**6))
-        keep = lambda: next(counter) >= self._unused_skips  # noqa: E731  the first few skips are never read
-        x = self.conv_in(x)
-        skips = [x if keep() else None]
-        for blk in self.down_blocks:
+        """During inference on maps of at least ``CHUNK_PIXELS`` the stem (``conv_in`` + the first down block,
+        whose full-resolution skips the decoder never reads) and the head (the last upsample, the last up block,
+        ``norm_out``/``conv_out``) run one image at a time, when they contain no cross-view attention: only their
+        inputs, outputs and the skips they produce or read exist for the whole batch, every temporary for one
+        image. Everything in them is per-image (convs, GroupNorm over one image's groups, SiLU), so the result
+        is the batched one up to float rounding."""
+        BV, _, H, W = x.shape
+        blk0, last = self.down_blocks[0], self.up_blocks[-1]
+        by_image = not torch.is_grad_enabled() and BV > 1
+        stem_by_image = by_image and H * W >= CHUNK_PIXELS and blk0.attns is None
+        n_stem = 1 + len(blk0.nets) + (blk0.downsample is not None)  # skips produced by the stem
+        if stem_by_image:
+            x, skips = _image_by_image(lambda xi: self._stem(xi, self._keeper(0)), x)
+        else:
+            x, skips = self._stem(x, self._keeper(0))
+        keep = self._keeper(n_stem)
+        for blk in self.down_blocks[1:]:
             x, s = blk(x, keep)
             skips.extend(s)
-        del s
+            del s
         x = self.mid_block(x)
-        for blk in self.up_blocks:
-            x = blk(x, skips)
+        head_pixels = H * W * 4 ** (len(self.up_blocks) - 1) // 4 ** (len(self.down_blocks) - 1)
+        head_by_image = by_image and last.attns is None and head_pixels >= CHUNK_PIXELS
+        for blk in self.up_blocks[:-1]:
+            x = blk(x, skips, upsample=not (head_by_image and blk is self.up_blocks[-2]))
+        if not head_by_image:
+            return self._head(x, skips)
+        prev = self.up_blocks[-2] if len(self.up_blocks) > 1 else None
+        n = len(last.nets)  # the head reads the last n skips; each image gets its slices of them
+        head_skips, skips[-n:] = skips[-n:], []
+        return _image_by_image(
+            lambda xi, *si: self._head(prev.up(xi) if prev is not None else xi, list(si)), x, *head_skips
+        )[0]
+
+    def _keeper(self, start: int):
+        """``keep()`` for the skips numbered from ``start``: False for the first ``_unused_skips`` (never read)."""
+        counter = iter(range(start, 10**6))
+        return lambda: next(counter) >= self._unused_skips
+
+    def _stem(self, x: Tensor, keep) -> tuple[Tensor, list]:
+        """``conv_in`` + the first down block: ``[n,9,S,S]`` -> (output, its skips with ``None`` for unused)."""
+        x = self.conv_in(x)
+        skips = [x if keep() else None]
+        x, s = self.down_blocks[0](x, keep)
+        return x, skips + s
+
+    def _head(self, x: Tensor, skips: list) -> Tensor:
+        """The last up block (consuming ``skips``) + ``norm_out``/SiLU/``conv_out`` -> ``[n,14,s,s]``."""
+        x = self.up_blocks[-1](x, skips)
         return self.conv_out(_silu(self.norm_out(x)))
+
+
+def _image_by_image(fn, x: Tensor, *batched: Tensor) -> tuple[Tensor, list]:
+    """Run ``fn(x[i:i+1], *(b[i:i+1] for b in batched))`` for each image ``i`` and gather its results into
+    batch tensors allocated once. ``fn`` returns a tensor, or ``(tensor, list of tensors or None)`` (e.g. skips;
+    a list entry that *is* the returned tensor shares its buffer). Returns ``(tensor, list)``."""
+    out, outs = None, []
+    for i in range(x.shape[0]):
+        res = fn(x[i : i + 1], *(b[i : i + 1] for b in batched))
+        yi, si = res if isinstance(res, tuple) else (res, [])
+        if out is None:
+            out = yi.new_empty((x.shape[0], *yi.shape[1:]))
+            outs = [None if t is None else out if t is yi else t.new_empty((x.shape[0], *t.shape[1:])) for t in si]
+        out[i : i + 1] = yi
+        for buf, t in zip(outs, si):
+            if buf is not None and buf is not out:
+                buf[i : i + 1] = t
+        del res, yi, si
+    return out, outs
 
 
 @functools.lru_cache(maxsize=None)
