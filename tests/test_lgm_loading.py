@@ -174,3 +174,18 @@ def test_auto_dtype_on_cpu_keeps_fp16_weights_and_computes_fp32(micro_fp16):
     with torch.inference_mode():
         a, b = auto.forward_gaussians(x), full.forward_gaussians(x)
     assert a.dtype == torch.float32 and torch.equal(a, b)  # fp16 values upcast per layer = the fp32 model exactly
+
+
+def test_init_weights_reproduce_fixture_and_round_in_place(fixtures_dir):
+    from safetensors.torch import load_file
+
+    ref = load_file(str(fixtures_dir / "lgm" / "weights_micro.safetensors"))
+    with torch.device("meta"):
+        m = LGM("micro")
+    sd = init_lgm_weights_(m).state_dict()
+    assert sd.keys() == ref.keys() and all(torch.equal(sd[k], ref[k]) for k in sd)  # bit for bit
+    for dtype in (torch.float32, torch.bfloat16):
+        with torch.device("meta"):
+            r = LGM("micro").to(dtype)
+        rounded = init_lgm_weights_(r, round_to=torch.float16).state_dict()
+        assert all(rounded[k].dtype == dtype and torch.equal(rounded[k], ref[k].half().to(dtype)) for k in sd)

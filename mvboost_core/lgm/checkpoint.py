@@ -99,13 +99,20 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, int]:
 def read_state_dict(path, dtype: torch.dtype | None = None, device=None, keys=None) -> dict[str, torch.Tensor]:
     """Read a safetensors file tensor by tensor with plain file reads (no mmap, so the file's pages never count
     towards this process's memory), converting each tensor to ``dtype``/``device`` as it is read.
-    Only floating-point tensors are converted."""
+    Only floating-point tensors are converted. When a CPU tensor is converted, its destination is allocated
+    before the read buffer, which is freed right after the copy: freeing in reverse order of allocation leaves
+    no holes in the C heap (glibc would otherwise keep up to ~0.2 GiB of freed read buffers resident)."""
     header, start = read_safetensors_header(path)
+    on_cpu = device is None or torch.device(device).type == "cpu"
     out: dict[str, torch.Tensor] = {}
     with open(path, "rb", buffering=0) as f:
         for k in sorted(header) if keys is None else keys:
             info = header[k]
-            t = torch.empty(info["shape"], dtype=_ST_DTYPES[info["dtype"]])
+            src_dtype = _ST_DTYPES[info["dtype"]]
+            dst = None
+            if src_dtype.is_floating_point and dtype not in (None, src_dtype) and on_cpu:
+                dst = torch.empty(info["shape"], dtype=dtype)
+            t = torch.empty(info["shape"], dtype=src_dtype)
             a, b = info["data_offsets"]
             if t.numel() * t.element_size() != b - a:
                 raise LGMCheckpointError(f"{path}: tensor {k!r} has {b - a} bytes for shape {info['shape']}.")
@@ -118,7 +125,10 @@ def read_state_dict(path, dtype: torch.dtype | None = None, device=None, keys=No
                     if not r:
                         raise LGMCheckpointError(f"{path} is truncated while reading {k!r}; download it again.")
                     got += r
-            if t.is_floating_point() and (dtype is not None or device is not None):
+                del view  # holds t's buffer
+            if dst is not None:
+                t = dst.copy_(t)
+            elif t.is_floating_point() and (dtype is not None or device is not None):
                 t = t.to(device=device, dtype=dtype or t.dtype)
             elif device is not None:
                 t = t.to(device)
@@ -333,18 +343,28 @@ def save_lgm_checkpoint(model_or_state, path, dtype: torch.dtype | None = torch.
     return path
 
 
-def init_lgm_weights_(model: LGM) -> LGM:
+def init_lgm_weights_(model: LGM, round_to: torch.dtype | None = None) -> LGM:
     """Deterministic, well-scaled random weights (the fixtures' rule), in place, per key independent of order:
     generator seeded with ``crc32(key) & 0x7fffffff``; ``r = randn(shape)`` in float32; ``*.bias`` -> 0.02·r;
     1-D ``*.weight`` (GroupNorm) -> 1 + 0.1·r; other weights -> r / sqrt(fan_in). Reproduces
     ``weights_micro.safetensors`` bit for bit. Works on meta-device models (parameters are materialised on CPU
-    in the model's dtype)."""
+    in the model's dtype).
+
+    ``round_to`` (e.g. ``torch.float16``, like the public checkpoint) rounds every value through that dtype before
+    storing it in the model's dtype: an fp32 model gets exactly the values of an fp16 init converted to fp32,
+    without a second copy of the weights. Each parameter is allocated before its float32 temporaries, which are
+    freed in reverse order, so building a large model leaves no freed holes in the C heap (glibc keeps such
+    holes, i.e. resident memory, for the life of the process)."""
     import zlib
 
     new = {}
     for k, p in model.state_dict().items():
         g = torch.Generator().manual_seed(zlib.crc32(k.encode("utf-8")) & 0x7FFFFFFF)
-        r = torch.randn(tuple(p.shape), generator=g, dtype=torch.float32)
+        dev = p.device if p.device.type != "meta" else torch.device("cpu")
+        shape = tuple(p.shape)
+        out = torch.empty(shape, dtype=p.dtype, device=dev)
+        r = out if out.dtype == torch.float32 and dev.type == "cpu" else torch.empty(shape, dtype=torch.float32)
+        torch.randn(shape, generator=g, dtype=torch.float32, out=r)
         if k.endswith(".bias"):
             r.mul_(0.02)
         elif p.ndim == 1:
@@ -354,8 +374,11 @@ def init_lgm_weights_(model: LGM) -> LGM:
             for s in p.shape[1:]:
                 fan_in *= s
             r.mul_(1.0 / fan_in**0.5)
-        dev = p.device if p.device.type != "meta" else torch.device("cpu")
-        new[k] = r.to(device=dev, dtype=p.dtype)
+        if round_to is not None:
+            r.copy_(r.to(round_to))
+        if r is not out:
+            out.copy_(r)
+        new[k] = out
         del r
     model.load_state_dict(new, strict=True, assign=True)
     return model
