@@ -312,8 +312,10 @@ def test_split_cfg_batches_gives_the_same_result(pipe, io):
         split = pipe._unet_cfg(io["unet_sample"][0], t, pe, cls, True)
     finally:
         pipe.split_cfg_batches = False
-    _close(split[0], joint[0], 1e-5, 1e-5, "split sample")
-    _close(split[1], joint[1], 1e-5, 1e-5, "split pose")
+    # same maths; only float32 rounding may differ (on AVX2 CPUs fastconv's NNPACK path blocks a 24-batch and a
+    # 12-batch differently: measured max 1.8e-5)
+    _close(split[0], joint[0], 5e-5, 1e-5, "split sample")
+    _close(split[1], joint[1], 5e-5, 1e-5, "split pose")
 
 
 # ------------------------------------------------------------------------------------ SDEdit

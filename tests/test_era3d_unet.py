@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mvboost_core.era3d import Era3DConfigError, Era3DUNet, auto_dtype, normalize_unet_config
+from mvboost_core.fastconv import FastConv2d
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 
@@ -268,7 +269,7 @@ def test_half_weights_with_float32_compute(micro_unet, micro_io):
     assert s16.dtype == torch.bfloat16
     torch.testing.assert_close(s16.float(), s32, atol=0.02, rtol=0.01)
     m.set_compute_dtype(None)
-    assert m.compute_dtype == torch.bfloat16 and type(m.conv_in) is torch.nn.Conv2d
+    assert m.compute_dtype == torch.bfloat16 and type(m.conv_in) is FastConv2d
 
 
 def test_from_folder_half_on_cpu_picks_compute_dtype(era3d_dir):

@@ -24,7 +24,7 @@ __all__ = [
 
 
 #: token count per feed-forward slice (see MVTransformerBlock.forward)
-FF_CHUNK_TOKENS = 16384
+FF_CHUNK_TOKENS = 8192
 
 
 class MVTransformerBlock(nn.Module):
@@ -96,7 +96,9 @@ class TransformerMV2D(nn.Module):
         for blk in self.transformer_blocks:
             t = blk(t, context, h, w)
         t = self.proj_out(t)
-        return t.reshape(b, h, w, -1).permute(0, 3, 1, 2) + residual
+        # residual first: the sum then takes the residual's NCHW-contiguous layout (the convolutions that follow
+        # need NCHW for fastconv's NNPACK path); addition is commutative, so the values are identical
+        return residual + t.reshape(b, h, w, -1).permute(0, 3, 1, 2)
 
 
 def _resnet(cin: int, cout: int, temb: int, eps: float, groups: int, act: str, scale: float = 1.0):
