@@ -189,3 +189,53 @@ def test_stem_and_head_image_by_image_equal_batched(micro, lgm_fixtures, monkeyp
     assert (by_image - batched).abs().max() <= 2e-5
     d = (by_image - io["gaussians"]).abs()
     assert d.max() <= 2e-4 and d.mean() <= 1e-5
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_low_resolution_conv_as_matmul(bias, channels_last):
+    """Inference 3x3 convs on maps with fewer pixels than output channels take the im2col + GEMM path; it must
+    equal the float64 conv to float32 accuracy (and match oneDNN's result within its rounding)."""
+    from mvboost_core.lgm import network
+
+    torch.manual_seed(0)
+    conv = network.Conv2d(96, 128, 3, 1, 1, bias=bias).eval().requires_grad_(False)
+    x = torch.randn(3, 96, 6, 5)  # 30 pixels < 128 output channels
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)  # like the attention blocks' outputs
+    calls = []
+    orig = network._conv3x3_as_matmul
+    network._conv3x3_as_matmul = lambda *a: calls.append(1) or orig(*a)
+    try:
+        with torch.inference_mode():
+            y = conv(x)
+        assert len(calls) == 1
+        with torch.enable_grad():
+            y_onednn = conv(x)  # the autograd path always uses F.conv2d
+        assert len(calls) == 1
+    finally:
+        network._conv3x3_as_matmul = orig
+    ref = torch.nn.functional.conv2d(x.double(), conv.weight.double(),
+                                     conv.bias.double() if bias else None, padding=1)
+    assert y.shape == ref.shape and y.dtype == torch.float32 and y.is_contiguous()
+    assert (y.double() - ref).abs().max() <= 2e-5 and (y_onednn.double() - ref).abs().max() <= 2e-4
+
+
+def test_freed_heap_released_between_blocks_only_in_cpu_inference(micro, lgm_fixtures, monkeypatch):
+    from mvboost_core.lgm import network
+
+    calls = []
+    monkeypatch.setattr(network, "_malloc_trim", lambda: (lambda n: calls.append(n)))
+    x = load_file(lgm_fixtures / "io_micro.safetensors")["input"]
+    with torch.inference_mode():
+        micro.forward_gaussians(x)
+    n_blocks = len(micro.unet.down_blocks) - 1 + 1 + len(micro.unet.up_blocks) + 1  # down 1.., mid, up.., end
+    assert calls == [0] * n_blocks
+    calls.clear()
+    monkeypatch.setattr(network, "RELEASE_FREED_HEAP", False)
+    with torch.inference_mode():
+        micro.forward_gaussians(x)
+    monkeypatch.setattr(network, "RELEASE_FREED_HEAP", True)
+    with torch.enable_grad():
+        micro.forward_gaussians(x)  # training / autograd: never
+    assert calls == []

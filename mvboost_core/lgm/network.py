@@ -7,8 +7,11 @@ State-dict keys and shapes equal the reference exactly (``unet.*`` + a final 1x1
   tensors (flash / memory-efficient kernels, no materialised score matrix, no xformers);
 * skip tensors that the decoder never reads (the full-resolution ones) are not kept, and every other skip is
   released as soon as it is consumed; during inference, resnets on maps of 64² or more (including the decoder's
-  skip concatenation) run one image at a time, so their temporaries exist for one view, not four;
-* without autograd, element-wise ops run in place, so inference holds few activation copies;
+  skip concatenation), the stem (``conv_in`` + first down block) and the head (last upsample + last up block +
+  ``conv_out``) run one image at a time, so their temporaries exist for one view, not four;
+* without autograd, element-wise ops run in place, so inference holds few activation copies; on CPU, 3x3 convs
+  on maps with fewer pixels than output channels run as im2col + GEMM (no per-call copy of the weight), and
+  freed heap memory is returned to the OS between blocks (:func:`release_freed_heap`, glibc ``malloc_trim``);
 * gaussian activations are applied in float32 whatever the compute dtype;
 * the weights' storage dtype and the activations' compute dtype may differ (:attr:`LGM.compute_dtype`): e.g.
   bf16 weights (half the memory) computed in float32 on CPUs without native bf16 kernels, where bf16
@@ -22,8 +25,10 @@ the multi-view attention, which attends jointly over the tokens of all 4 views (
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +45,36 @@ SKIP_SCALE = math.sqrt(0.5)
 HEADS = 16
 LAYERS_PER_BLOCK = 2
 CHUNK_PIXELS = 64 * 64  # resnets on maps at least this large run image by image during inference
+RELEASE_FREED_HEAP = True  # CPU inference returns freed heap memory to the OS between blocks (glibc only)
+
+
+@functools.lru_cache(maxsize=None)
+def _malloc_trim():
+    """glibc's ``malloc_trim(size_t)``, or ``None`` on other platforms / C libraries (e.g. musl, macOS)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn
+
+
+def release_freed_heap(x: Tensor) -> None:
+    """Return the C heap's free pages to the OS (``malloc_trim(0)``) during CPU inference.
+
+    glibc serves allocations below its dynamic mmap threshold (which grows up to 32 MiB after the first large
+    free) from heaps that it only shrinks at their top, so the activations freed by one LGM block stay resident
+    while the next block allocates new ones: 0.1-0.35 GiB of RSS that is free but never given back. Trimming
+    between blocks keeps the peak near the live set (big config, fp32: 2.37-2.40 instead of 2.45-2.51 GiB
+    peak RSS) for ~0.1 s per forward. It only releases memory that is already free; no allocator settings
+    change. A no-op with autograd on, on other devices, without glibc, or if :data:`RELEASE_FREED_HEAP` is
+    False."""
+    if RELEASE_FREED_HEAP and x.device.type == "cpu" and not torch.is_grad_enabled():
+        fn = _malloc_trim()
+        if fn is not None:
+            fn(0)
 
 
 class Conv2d(nn.Conv2d):
@@ -261,10 +296,13 @@ class UpBlock(nn.Module):
         return self.up(x) if upsample else x
 
     def up(self, x: Tensor) -> Tensor:
-        """Nearest 2x upsampling followed by a 3x3 conv (identity if this block does not upsample)."""
+        """Nearest 2x upsampling followed by a 3x3 conv (identity if this block does not upsample). During
+        inference one image at a time, so the upsampled input (4x the input's size) exists for one image."""
         if self.upsample is None:
             return x
-        return self.upsample(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        if torch.is_grad_enabled() or x.shape[0] == 1:
+            return self.upsample(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return _image_by_image(self.up, x)[0]
 
 
 class UNet(nn.Module):
@@ -308,22 +346,30 @@ class UNet(nn.Module):
             x, skips = self._stem(x, self._keeper(0))
         keep = self._keeper(n_stem)
         for blk in self.down_blocks[1:]:
+            release_freed_heap(x)
             x, s = blk(x, keep)
             skips.extend(s)
             del s
+        release_freed_heap(x)
         x = self.mid_block(x)
         head_pixels = H * W * 4 ** (len(self.up_blocks) - 1) // 4 ** (len(self.down_blocks) - 1)
         head_by_image = by_image and last.attns is None and head_pixels >= CHUNK_PIXELS
         for blk in self.up_blocks[:-1]:
+            release_freed_heap(x)
             x = blk(x, skips, upsample=not (head_by_image and blk is self.up_blocks[-2]))
+        release_freed_heap(x)
         if not head_by_image:
-            return self._head(x, skips)
-        prev = self.up_blocks[-2] if len(self.up_blocks) > 1 else None
-        n = len(last.nets)  # the head reads the last n skips; each image gets its slices of them
-        head_skips, skips[-n:] = skips[-n:], []
-        return _image_by_image(
-            lambda xi, *si: self._head(prev.up(xi) if prev is not None else xi, list(si)), x, *head_skips
-        )[0]
+            x = self._head(x, skips)
+        else:
+            prev = self.up_blocks[-2] if len(self.up_blocks) > 1 else None
+            n = len(last.nets)  # the head reads the last n skips; each image gets its slices of them
+            head_skips, skips[-n:] = skips[-n:], []
+            x = _image_by_image(
+                lambda xi, *si: self._head(prev.up(xi) if prev is not None else xi, list(si)), x, *head_skips
+            )[0]
+            del head_skips
+        release_freed_heap(x)
+        return x
 
     def _keeper(self, start: int):
         """``keep()`` for the skips numbered from ``start``: False for the first ``_unused_skips`` (never read)."""
