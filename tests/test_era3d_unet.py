@@ -302,3 +302,31 @@ def test_attention_modules_carry_era3d_processors(era3d_dir):
                      "attn2": {SDPAAttnProcessor}}
     assert sum(isinstance(m.processor, RowwiseMVAttnProcessor) and m.processor.num_views == 6
                for m in unet.modules() if hasattr(m, "processor")) == 16  # down 6 + mid 1 + up 9
+
+
+def test_inference_blocks_equal_the_autograd_forward():
+    """The in-place no-grad forwards of the resnet and transformer blocks compute exactly diffusers' values."""
+    from diffusers.models.resnet import ResnetBlock2D
+
+    from mvboost_core.era3d.blocks import InferenceResnetBlock2D, MVTransformerBlock, use_inference_resnets_
+
+    torch.manual_seed(0)
+    for cin, cout, scale in ((16, 16, 1.0), (16, 24, 2.0)):
+        res = ResnetBlock2D(in_channels=cin, out_channels=cout, temb_channels=32, groups=8, eps=1e-5,
+                            output_scale_factor=scale).eval()
+        x, temb = torch.randn(2, cin, 8, 8), torch.randn(2, 32)
+        with torch.no_grad():
+            ref = res(x, temb)
+        assert use_inference_resnets_(res) == 1 and type(res) is InferenceResnetBlock2D
+        with torch.no_grad():
+            fast = res(x, temb)
+        slow = res(x, temb)  # autograd on: diffusers' own forward
+        assert torch.equal(fast, ref) and torch.equal(slow.detach(), ref)
+
+    blk = MVTransformerBlock(32, 2, 16, 24, num_views=2, multiview_attention=True, mvcd_attention=True,
+                             upcast_attention=False).eval()
+    x, ctx = torch.randn(4, 16, 32), torch.randn(4, 5, 24)
+    with torch.no_grad():
+        fast = blk(x, ctx, 4, 4)
+    slow = blk(x, ctx, 4, 4)
+    assert torch.equal(fast, slow.detach())

@@ -39,7 +39,8 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.unets.unet_2d_blocks import DownBlock2D, UpBlock2D
 
 from ..fastconv import FastConv2d, use_fast_convs_
-from .blocks import CrossAttnDownBlockMV2D, CrossAttnUpBlockMV2D, MidBlockMV2DCrossAttn, ResidualRegressor
+from .blocks import (CrossAttnDownBlockMV2D, CrossAttnUpBlockMV2D, MidBlockMV2DCrossAttn, ResidualRegressor,
+                     use_inference_resnets_)
 
 __all__ = ["Era3DUNet", "Era3DConfigError", "normalize_unet_config", "load_unet_weights", "auto_dtype",
            "UNET_CLASS_NAMES", "WEIGHTS_NAME"]
@@ -385,6 +386,8 @@ class Era3DUNet(nn.Module):
         # every conv (ours and diffusers' resnets/samplers) runs through fastconv.conv2d: NNPACK's Winograd 3x3
         # path on AVX2-only CPUs for fp32 inference (0.6-0.77x oneDNN's time), F.conv2d everywhere else
         use_fast_convs_(self)
+        # resnets (ours and diffusers' Down/UpBlock2D) work in place when autograd is off; same values
+        use_inference_resnets_(self)
 
     # ------------------------------------------------------------------ construction / loading
     @classmethod
