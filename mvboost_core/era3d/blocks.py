@@ -16,6 +16,7 @@ from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
 from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 
+from ..heap import release_freed_heap
 from .attention import JointAttnProcessor, RowwiseMVAttnProcessor, SDPAAttnProcessor
 
 __all__ = [
@@ -108,6 +109,7 @@ class TransformerMV2D(nn.Module):
         self.proj_out = nn.Linear(inner, in_channels)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        release_freed_heap(x)  # CPU inference: return the previous block's freed activations to the OS
         b, c, h, w = x.shape
         residual = x
         t = self.norm(x).permute(0, 2, 3, 1).reshape(b, h * w, c)
