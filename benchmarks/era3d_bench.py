@@ -325,6 +325,10 @@ def run_case(case: str, fixtures: Path, threads: int, tmp: Path | None = None,
             vae = AutoencoderKL.from_config(cfg)
         vae = vae.to_empty(device="cpu")
         _fill_random_(vae)
+        if os.environ.get("ERA3D_BENCH_ONEDNN_VAE") != "1":
+            from mvboost_core.fastconv import use_fast_convs_
+
+            use_fast_convs_(vae)  # what Era3DPipeline does with its VAE
         vae.eval().requires_grad_(False)
         res["build_s"] = time.perf_counter() - t0
         lat = torch.randn(12, 4, 64, 64, generator=torch.Generator().manual_seed(2))

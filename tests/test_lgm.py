@@ -222,20 +222,20 @@ def test_low_resolution_conv_as_matmul(bias, channels_last):
 
 
 def test_freed_heap_released_between_blocks_only_in_cpu_inference(micro, lgm_fixtures, monkeypatch):
-    from mvboost_core.lgm import network
+    from mvboost_core import heap
 
     calls = []
-    monkeypatch.setattr(network, "_malloc_trim", lambda: (lambda n: calls.append(n)))
+    monkeypatch.setattr(heap, "_malloc_trim", lambda: (lambda n: calls.append(n)))
     x = load_file(lgm_fixtures / "io_micro.safetensors")["input"]
     with torch.inference_mode():
         micro.forward_gaussians(x)
     n_blocks = len(micro.unet.down_blocks) - 1 + 1 + len(micro.unet.up_blocks) + 1  # down 1.., mid, up.., end
     assert calls == [0] * n_blocks
     calls.clear()
-    monkeypatch.setattr(network, "RELEASE_FREED_HEAP", False)
+    monkeypatch.setattr(heap, "RELEASE_FREED_HEAP", False)
     with torch.inference_mode():
         micro.forward_gaussians(x)
-    monkeypatch.setattr(network, "RELEASE_FREED_HEAP", True)
+    monkeypatch.setattr(heap, "RELEASE_FREED_HEAP", True)
     with torch.enable_grad():
         micro.forward_gaussians(x)  # training / autograd: never
     assert calls == []

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from ..cameras import ERA3D_VIEWS, Cameras
+from ..fastconv import use_fast_convs_
 from ..multiview import MultiView, MultiViewResult
 from .preprocess import Era3DInputError, preprocess_image
 
@@ -382,6 +383,7 @@ class Era3DPipeline:
     ):
         self.unet = unet
         self.vae = vae
+        use_fast_convs_(vae)  # NNPACK 3x3 path for fp32 CPU inference on AVX2-only CPUs (mvboost_core.fastconv)
         self.image_encoder = image_encoder
         self.feature_extractor = feature_extractor
         self.image_normalizer = image_normalizer

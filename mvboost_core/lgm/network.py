@@ -25,15 +25,14 @@ the multi-view attention, which attends jointly over the tokens of all 4 views (
 """
 from __future__ import annotations
 
-import ctypes
 import functools
 import math
-import sys
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..heap import release_freed_heap
 from .config import LGMConfig, get_config
 
 __all__ = ["LGM", "UNet", "cpu_has_native", "MVAttention", "ResnetBlock", "gaussians_from_raw", "NUM_VIEWS"]
@@ -45,36 +44,6 @@ SKIP_SCALE = math.sqrt(0.5)
 HEADS = 16
 LAYERS_PER_BLOCK = 2
 CHUNK_PIXELS = 64 * 64  # resnets on maps at least this large run image by image during inference
-RELEASE_FREED_HEAP = True  # CPU inference returns freed heap memory to the OS between blocks (glibc only)
-
-
-@functools.lru_cache(maxsize=None)
-def _malloc_trim():
-    """glibc's ``malloc_trim(size_t)``, or ``None`` on other platforms / C libraries (e.g. musl, macOS)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
-    return fn
-
-
-def release_freed_heap(x: Tensor) -> None:
-    """Return the C heap's free pages to the OS (``malloc_trim(0)``) during CPU inference.
-
-    glibc serves allocations below its dynamic mmap threshold (which grows up to 32 MiB after the first large
-    free) from heaps that it only shrinks at their top, so the activations freed by one LGM block stay resident
-    while the next block allocates new ones: 0.1-0.35 GiB of RSS that is free but never given back. Trimming
-    between blocks keeps the peak near the live set (big config, fp32: 2.37-2.40 instead of 2.45-2.51 GiB
-    peak RSS) for ~0.1 s per forward. It only releases memory that is already free; no allocator settings
-    change. A no-op with autograd on, on other devices, without glibc, or if :data:`RELEASE_FREED_HEAP` is
-    False."""
-    if RELEASE_FREED_HEAP and x.device.type == "cpu" and not torch.is_grad_enabled():
-        fn = _malloc_trim()
-        if fn is not None:
-            fn(0)
 
 
 class Conv2d(nn.Conv2d):
