@@ -7,7 +7,8 @@ Cases (each in a fresh subprocess; peak memory = that process's VmHWM, i.e. peak
 * ``step_fp32_b24``: one full sampling step with CFG: UNet at batch 24 ``[n_u, n_c, c_u, c_c]`` + guidance +
   DDIM v-prediction update (diffusers ``DDIMScheduler`` from the released scheduler config).
 * ``vae_decode12_fp32``: SD-2.1 VAE (``AutoencoderKL`` from ``fixtures/era3d/real_configs/vae/config.json``, random
-  weights) decoding 12 latents 4×64×64 → 12×3×512×512, one image at a time (what a pipeline should do on CPU).
+  weights) decoding 12 latents 4×64×64 → 12×3×512×512, one image at a time (what a pipeline should do on CPU), with
+  the pipeline's ``fastconv`` convolutions (``ERA3D_BENCH_ONEDNN_VAE=1``: plain oneDNN convolutions, for comparison).
 * ``probe_bf16``: real-size level-0 ops (3×3 conv 320→320 at 64×64, Linear 320→2560, joint SDPA) in bf16 vs fp32 —
   a quick way to see whether this CPU has usable native bf16 before running a full bf16 forward.
 
