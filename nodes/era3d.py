@@ -21,6 +21,28 @@ MASK_LOADIMAGE = "LoadImage mask (1 = background)"
 MASK_OBJECT = "object mask (1 = object)"
 
 
+def one_image_and_alpha(image, mask, mask_convention: str, node: str):
+    """ComfyUI IMAGE [1,H,W,C] (+ optional MASK [H,W] or [1,H,W]) -> (image [1,H,W,C], alpha [H,W] or None).
+
+    ``mask_convention`` MASK_LOADIMAGE means 1 = background (LoadImage's 1 - alpha); MASK_OBJECT means 1 = object.
+    A batch of several images or masks is refused (Era3DInputError, a ValueError) with the fix in the message.
+    """
+    from ..mvboost_core.era3d.preprocess import Era3DInputError, alpha_from_comfy_mask
+
+    img = C.from_comfy_image(image)
+    if img.shape[0] != 1:
+        raise Era3DInputError(
+            f"{node} got a batch of {img.shape[0]} images; it makes one object per run. Pick one image "
+            "(e.g. with 'ImageFromBatch') or queue one run per image"
+        )
+    if mask is None:
+        return img, None
+    m = mask if mask.ndim == 3 else mask[None]
+    if m.shape[0] != 1:
+        raise Era3DInputError(f"mask batch has {m.shape[0]} masks; give exactly one mask for the one image")
+    return img, (alpha_from_comfy_mask(m[0]) if mask_convention == MASK_LOADIMAGE else m[0])
+
+
 def _era3d_folders() -> list[str]:
     return C.get_model_dir_list("era3d", marker="model_index.json")
 
@@ -105,20 +127,7 @@ class MVBoostEra3DMultiView:
 
     def generate(self, era3d, image, seed=42, steps=40, guidance=3.0, crop_size=420, mask=None,
                  mask_convention=MASK_LOADIMAGE):
-        from ..mvboost_core.era3d.preprocess import Era3DInputError, alpha_from_comfy_mask
-
-        img = C.from_comfy_image(image)
-        if img.shape[0] != 1:
-            raise Era3DInputError(
-                f"Era3D MultiView got a batch of {img.shape[0]} images; it makes one object per run. Pick one image "
-                "(e.g. with 'ImageFromBatch') or queue one run per image"
-            )
-        alpha = None
-        if mask is not None:
-            m = mask if mask.ndim == 3 else mask[None]
-            if m.shape[0] != 1:
-                raise Era3DInputError(f"mask batch has {m.shape[0]} masks; give exactly one mask for the one image")
-            alpha = alpha_from_comfy_mask(m[0]) if mask_convention == MASK_LOADIMAGE else m[0]
+        img, alpha = one_image_and_alpha(image, mask, mask_convention, "Era3D MultiView")
         C.check_interrupt()
         bar = C.ProgressBar(int(steps))
 

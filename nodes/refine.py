@@ -5,9 +5,7 @@ No maths here: ``mvboost_core.refine.refine_views`` does the work.
 from __future__ import annotations
 
 from . import _comfy as C
-
-MASK_LOADIMAGE = "LoadImage mask (1 = background)"
-MASK_OBJECT = "object mask (1 = object)"
+from .era3d import MASK_LOADIMAGE, MASK_OBJECT, one_image_and_alpha
 
 
 class MVBoostRefineViews:
@@ -46,18 +44,9 @@ class MVBoostRefineViews:
 
     def refine(self, era3d, gaussians, image, strength=0.95, steps=40, guidance=3.0, seed=0, mask=None,
                mask_convention=MASK_LOADIMAGE, crop_size=420):
-        from ..mvboost_core.era3d.preprocess import alpha_from_comfy_mask
         from ..mvboost_core.refine import refine_views
 
-        img = C.from_comfy_image(image)
-        if img.shape[0] != 1:
-            raise ValueError(f"Refine Views got a batch of {img.shape[0]} images; connect the one photo of the object")
-        alpha = None
-        if mask is not None:
-            m = mask if mask.ndim == 3 else mask[None]
-            if m.shape[0] != 1:
-                raise ValueError(f"mask batch has {m.shape[0]} masks; give exactly one mask for the one image")
-            alpha = alpha_from_comfy_mask(m[0]) if mask_convention == MASK_LOADIMAGE else m[0]
+        img, alpha = one_image_and_alpha(image, mask, mask_convention, "Refine Views")
         C.check_interrupt()
         bar = C.ProgressBar(max(1, int(steps)))
 
