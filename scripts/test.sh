@@ -1,11 +1,26 @@
 #!/usr/bin/env bash
 # The README's test command: make a virtual environment, install torch (CPU-capable build), the project with its
-# test extras, then run the whole pytest suite. Exits non-zero on any failure.
+# test extras and the real third-party things the tests run against (Debian's chromium for the browser tests),
+# then run the whole pytest suite. Exits non-zero on any failure. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+
+# --- system pieces (Debian packages): a real browser for the ComfyUI-frontend and web-viewer tests
+if ! command -v chromium >/dev/null 2>&1 && [ -z "${MVBOOST_CHROMIUM:-}" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    echo "scripts/test.sh: the browser tests need Debian's chromium: sudo apt-get install chromium" >&2
+    exit 1
+  fi
+fi
+
+# --- Python: torch first (pinned build), then the project with its test extras
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+"${PIP[@]}" torch==2.14.1 torchvision==0.29.1
+"${PIP[@]}" -e '.[test]'
 .venv/bin/python -c "import torch, torchvision, mvboost_core; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 exec .venv/bin/python -m pytest "$@"

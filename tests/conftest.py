@@ -21,6 +21,25 @@ def fixtures_dir() -> Path:
     return FIXTURES
 
 
+@pytest.fixture(scope="session")
+def chromium_browser():
+    """One headless Debian Chromium for the whole session (see ``tests/browser_helpers.py``).
+
+    Tests open their own ``chromium_browser.new_context()`` and close it. A missing Chromium is an error, not a
+    skip: the README test command installs it.
+    """
+    from playwright.sync_api import sync_playwright
+
+    from browser_helpers import launch_chromium
+
+    with sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Run a module's tests on one torch thread, restored afterwards.
