@@ -69,6 +69,9 @@ class MultiViewResult:
         focal: predicted focal length (Era3D's regression output, in its units), or None.
         input_image: ``[H,W,3]`` the preprocessed condition image in [0,1] (white background), or None.
         info: free-form settings (seed, steps, guidance, strength ...) for provenance.
+        input_alpha: ``[H,W]`` float in [0,1], the object's alpha (1 = object) framed exactly like ``input_image``
+            (same crop, scale and padding), or None when the condition image was given already preprocessed.
+            Optimize Input Pose uses it as the target mask, in the CLI and in ComfyUI alike.
     """
 
     colors: MultiView
@@ -77,6 +80,7 @@ class MultiViewResult:
     focal: float | None = None
     input_image: Tensor | None = None
     info: dict = field(default_factory=dict)
+    input_alpha: Tensor | None = None
 
     @property
     def cameras(self) -> Cameras:

@@ -23,12 +23,18 @@ from .gaussians import Gaussians
 from .multiview import MultiViewResult
 from .pose import PoseOptions, optimize_input_view
 
-__all__ = ["PipelineResult", "image_to_gaussians", "input_mask", "render_turntable", "write_outputs"]
+__all__ = ["PipelineResult", "image_to_gaussians", "nominal_input_camera", "pose_stage_totals", "render_turntable",
+           "write_outputs", "STAGE_LABELS"]
 
 log = logging.getLogger("mvboost")
 
-#: ``progress(stage, done, total)``; stages: "era3d", "lgm", "search", "pose", "adjust".
+#: ``progress(stage, done, total)``; stages: "era3d", "lgm", "search", "pose", "adjust", "turntable".
 Progress = Callable[[str, int, int], None]
+
+#: Human labels of the progress stages (CLI lines, ComfyUI node text).
+STAGE_LABELS = {"era3d": "Era3D denoising", "refine": "Refine Views denoising", "lgm": "LGM",
+                "search": "pose search", "pose": "pose refinement", "adjust": "appearance adjustment",
+                "turntable": "turntable"}
 
 
 @dataclass
@@ -48,24 +54,30 @@ class PipelineResult:
     report: dict = field(default_factory=dict)
 
 
-def input_mask(era3d, image, alpha=None, crop_size: float = 420.0) -> Optional[Tensor]:
-    """The object's alpha framed exactly like Era3D's condition image, ``[R,R]`` float in [0,1] (or None if the
-    input carries no alpha). Computed by running the same preprocessing on a white image with the input's alpha
-    composited over black, so crop, scale and padding agree pixel for pixel."""
-    from .era3d.preprocess import to_rgba_uint8
+def nominal_input_camera(elevation: Optional[float], width: int, height: Optional[int] = None,
+                         device=None) -> Cameras:
+    """The camera the input photo is assumed to be taken from, before pose optimisation: LGM's front orbit camera
+    (azimuth 0, radius ``LGM_RADIUS``, fovy ``LGM_FOVY``) at Era3D's predicted elevation, ``width`` x ``height`` px
+    (``height`` defaults to ``width``).
 
-    try:
-        rgba = to_rgba_uint8(image, alpha)
-    except Exception:  # noqa: BLE001 - no usable alpha: the caller falls back
-        return None
-    if rgba.shape[-1] != 4 or int(rgba[..., 3].min()) == 255:
-        return None
-    white = rgba.copy()
-    white[..., :3] = 255
-    from .era3d.preprocess import preprocess_image
+    ``elevation`` is Era3D's prediction in degrees with Blender's sign (positive = camera above), turned into
+    kiui's sign (negative = above); a missing, non-finite or implausible (|e| > 60°) prediction gives 0.
+    """
+    e = float(elevation) if elevation is not None else 0.0
+    if not math.isfinite(e) or abs(e) > 60.0:
+        e = 0.0
+    return Cameras.orbit([-e], [0.0], LGM_RADIUS, LGM_FOVY, int(width), int(height or width), device=device)
 
-    out = preprocess_image(white, crop_size=crop_size, size=era3d.resolution, bg=0.0)
-    return out[..., 0].clamp(0, 1)
+
+def pose_stage_totals(options: Optional[PoseOptions] = None) -> dict[str, int]:
+    """Expected progress units of :func:`~mvboost_core.pose.optimize_input_view` per stage, in run order
+    (``search`` counts candidate poses, ``pose`` iterations + LM steps, ``adjust`` iterations). The pose code's own
+    reports stay authoritative: :class:`~mvboost_core.progress.StageProgress` takes their totals when they differ."""
+    o = options or PoseOptions()
+    n_search = (len(o.search_elevations) * len(o.search_azimuths) * len(o.search_radius_scales)
+                * len(o.search_fovy_offsets)) if o.search else 0
+    return {"search": n_search, "pose": (o.pose_iters + o.lm_iters) if o.refine_pose else 0,
+            "adjust": o.adjust_iters if o.adjust else 0}
 
 
 def image_to_gaussians(
@@ -116,13 +128,10 @@ def image_to_gaussians(
     if not optimize_pose:
         return result
     cond = mv.input_image.float().to(g_lgm.device)
-    mask = input_mask(era3d, image, alpha, crop_size)
-    elev = mv.elevation if (mv.elevation is not None and math.isfinite(mv.elevation)
-                            and abs(mv.elevation) <= 60.0) else 0.0
-    R = cond.shape[0]
-    cam0 = Cameras.orbit([-elev], [0.0], LGM_RADIUS, LGM_FOVY, R, R, device=g_lgm.device)
-    g_out, cam, report = optimize_input_view(g_lgm, cond, None if mask is None else mask.to(g_lgm.device), cam0,
-                                             pose_options, progress=prog, check_interrupt=tick)
+    mask = mv.input_alpha  # the object's alpha framed exactly like the condition image (Era3D's preprocessing)
+    cam0 = nominal_input_camera(mv.elevation, cond.shape[0], device=g_lgm.device)
+    g_out, cam, report = optimize_input_view(g_lgm, cond, None if mask is None else mask.float().to(g_lgm.device),
+                                             cam0, pose_options, progress=prog, check_interrupt=tick)
     report["era3d_elevation"] = mv.elevation
     result.gaussians, result.camera, result.report = g_out, cam, report
     return result
@@ -130,22 +139,51 @@ def image_to_gaussians(
 
 def render_turntable(gaussians: Gaussians, frames: int = 24, size: int = 256, elevation: float = -15.0,
                      radius: float = 2.0, fovy: float = LGM_FOVY, backend: str = "auto",
-                     progress: Optional[Progress] = None) -> Tensor:
-    """``frames`` views evenly spaced in azimuth on LGM's orbit (kiui elevation, negative = above), white
-    background -> ``[F,size,size,3]`` float in [0,1] (CPU)."""
+                     progress: Optional[Progress] = None, *, background=(1.0, 1.0, 1.0), start_azimuth: float = 0.0,
+                     batch: int = 4, check_interrupt: Optional[Callable[[], None]] = None, with_alpha: bool = False):
+    """``frames`` views evenly spaced in azimuth on LGM's orbit, all at one elevation, looking at the origin.
+
+    Args:
+        gaussians: rendered on their own device, float32.
+        frames, size: number of views and their side in pixels.
+        elevation: degrees, kiui sign (negative = camera above); radius: orbit radius; fovy: degrees (LGM 49.1).
+        background: rgb in [0,1] the views are composited over (white by default).
+        start_azimuth: azimuth of the first view in degrees (kiui: 0 looks from +z, 90 from +x).
+        batch: views rendered per call (memory vs. how often progress / interruption are checked).
+        progress: ``progress("turntable", done, frames)``; check_interrupt: called before each batch (raise to stop).
+        with_alpha: also return the alpha.
+
+    Returns:
+        ``rgb [F,size,size,3]`` float32 in [0,1] on the CPU, or ``(rgb, alpha [F,size,size])`` with ``with_alpha``.
+    """
     from .render import render
 
+    frames, size = int(frames), int(size)
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    if size < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size}")
+    if not 0.0 < float(fovy) < 180.0:
+        raise ValueError(f"fov must be in (0, 180) degrees, got {fovy}")
+    if not float(radius) > 0.0:
+        raise ValueError(f"radius must be > 0, got {radius}")
     prog = progress or (lambda s, i, n: None)
-    out = []
-    az = [360.0 * k / frames for k in range(frames)]
-    batch = 4
-    for s in range(0, frames, batch):
-        cams = Cameras.orbit([elevation] * len(az[s:s + batch]), az[s:s + batch], radius, fovy, size, size,
-                             device=gaussians.device)
+    tick = check_interrupt or (lambda: None)
+    g = gaussians.to(dtype=torch.float32)
+    rgbs, alphas = [], []
+    az = [float(start_azimuth) + 360.0 * k / frames for k in range(frames)]
+    step = max(1, int(batch))
+    for s in range(0, frames, step):
+        tick()
+        cams = Cameras.orbit([float(elevation)] * len(az[s:s + step]), az[s:s + step], float(radius), float(fovy),
+                             size, size, device=g.device)
         with torch.no_grad():
-            out.append(render(gaussians, cams, background=(1.0, 1.0, 1.0), backend=backend).rgb.clamp(0, 1).cpu())
-        prog("turntable", min(s + batch, frames), frames)
-    return torch.cat(out)
+            out = render(g, cams, background=tuple(float(c) for c in background), backend=backend)
+        rgbs.append(out.rgb.clamp(0, 1).float().cpu())
+        alphas.append(out.alpha[..., 0].clamp(0, 1).float().cpu())
+        prog("turntable", min(s + step, frames), frames)
+    rgb = torch.cat(rgbs)
+    return (rgb, torch.cat(alphas)) if with_alpha else rgb
 
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> Path:

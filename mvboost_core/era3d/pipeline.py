@@ -42,7 +42,7 @@ from torch import Tensor
 from ..cameras import ERA3D_VIEWS, Cameras
 from ..fastconv import use_fast_convs_
 from ..multiview import MultiView, MultiViewResult
-from .preprocess import Era3DInputError, preprocess_image
+from .preprocess import Era3DInputError, preprocess_image, preprocess_image_and_alpha
 
 log = logging.getLogger("mvboost")
 
@@ -447,6 +447,10 @@ class Era3DPipeline:
         """
         return preprocess_image(image, alpha=alpha, crop_size=crop_size, size=self.resolution)
 
+    def preprocess_with_alpha(self, image, alpha=None, crop_size: float = 420) -> tuple[Tensor, Tensor]:
+        """Like :meth:`preprocess`, also returning the object's alpha ``[H,W]`` (1 = object) framed the same way."""
+        return preprocess_image_and_alpha(image, alpha=alpha, crop_size=crop_size, size=self.resolution)
+
     def _clip_processor_input(self, u8: np.ndarray):
         from PIL import Image
 
@@ -685,7 +689,8 @@ class Era3DPipeline:
         return torch.cat(out, 0)
 
     # -------------------------------------------------------------- results
-    def _result(self, images: Tensor, cond: Era3DCondition, pose: Optional[Tensor], info: dict) -> MultiViewResult:
+    def _result(self, images: Tensor, cond: Era3DCondition, pose: Optional[Tensor], info: dict,
+                input_alpha: Optional[Tensor] = None) -> MultiViewResult:
         V = self.num_views
         imgs = images.permute(0, 2, 3, 1).contiguous()  # [12,H,W,3]
         H = imgs.shape[1]
@@ -701,6 +706,7 @@ class Era3DPipeline:
         return MultiViewResult(
             colors=colors, normals=normals, elevation=elevation, focal=focal,
             input_image=cond.cond_image.clone(), info=info,
+            input_alpha=None if input_alpha is None else input_alpha.float().cpu().clone(),
         )
 
     def _generator(self, seed: int) -> torch.Generator:
@@ -742,12 +748,13 @@ class Era3DPipeline:
         Returns:
             :class:`MultiViewResult`: ``normals``/``colors`` (``[6,H,W,3]``, Era3D view order, ``Cameras.era3d``
             orthographic cameras in the LGM world), ``elevation`` (degrees, positive = camera above), ``focal``
-            (24/f_mm, 0 = orthographic input), ``input_image`` (the preprocessed condition image).
+            (24/f_mm, 0 = orthographic input), ``input_image`` (the preprocessed condition image) and
+            ``input_alpha`` (the object's alpha framed like it).
         """
-        cond_image = self.preprocess(image, alpha=alpha, crop_size=crop_size)
+        cond_image, input_alpha = self.preprocess_with_alpha(image, alpha=alpha, crop_size=crop_size)
         return self.generate_from_condition_image(
             cond_image, seed=seed, steps=steps, guidance=guidance, eta=eta, callback=callback, latents=latents,
-            trace=trace, info={"crop_size": crop_size},
+            trace=trace, info={"crop_size": crop_size}, input_alpha=input_alpha,
         )
 
     @torch.no_grad()
@@ -764,8 +771,10 @@ class Era3DPipeline:
         clip_noise: Optional[Tensor] = None,
         trace: Optional[dict] = None,
         info: Optional[dict] = None,
+        input_alpha: Optional[Tensor] = None,
     ) -> MultiViewResult:
         """Like ``__call__`` from an already preprocessed ``[H,W,3]`` condition image (e.g. ``result.input_image``).
+        ``input_alpha`` (``[H,W]``, 1 = object, framed like it) is passed through to ``MultiViewResult.input_alpha``.
 
         Random draws in upstream order from ``seed``: unCLIP noise, then the initial latents (skipped if ``latents``
         is given), then the per-step DDIM noise.
@@ -785,7 +794,7 @@ class Era3DPipeline:
             trace["images"] = images
         meta = {"seed": int(seed), "steps": int(steps), "guidance": float(guidance), "eta": float(eta),
                 "dtype": str(self.dtype).replace("torch.", ""), **(info or {})}
-        return self._result(images, cond, pose, meta)
+        return self._result(images, cond, pose, meta, input_alpha=input_alpha)
 
     @torch.no_grad()
     def denoise_from_images(

@@ -35,6 +35,7 @@ __all__ = [
     "crop_pixels",
     "preprocess_rgba",
     "preprocess_image",
+    "preprocess_image_and_alpha",
 ]
 
 ImageLike = Union[Image.Image, np.ndarray, torch.Tensor]
@@ -148,7 +149,8 @@ def crop_pixels(crop_size: float, size: int) -> int:
     return px
 
 
-def preprocess_rgba(rgba: np.ndarray, crop_px: int, size: int, bg: float = 1.0) -> np.ndarray:
+def preprocess_rgba(rgba: np.ndarray, crop_px: int, size: int, bg: float = 1.0,
+                    return_alpha: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """The upstream crop/resize/centre/composite on an RGBA uint8 array ``[H,W,4]``.
 
     Args:
@@ -156,9 +158,10 @@ def preprocess_rgba(rgba: np.ndarray, crop_px: int, size: int, bg: float = 1.0) 
         crop_px: longest side of the object after resizing, in output pixels (upstream ``crop_size``).
         size: output canvas side (upstream ``img_wh[0]``).
         bg: background grey level in [0,1] (white = 1, Era3D's inference setting).
+        return_alpha: also return the object's alpha on the canvas (same crop, resize and padding).
 
     Returns:
-        ``[size,size,3]`` float32 in [0,1].
+        ``[size,size,3]`` float32 in [0,1]; with ``return_alpha`` also ``[size,size]`` float32 alpha (1 = object).
     """
     if rgba.ndim != 3 or rgba.shape[-1] != 4 or rgba.dtype != np.uint8:
         raise Era3DInputError(f"preprocess_rgba needs an [H,W,4] uint8 array, got {rgba.dtype} {list(rgba.shape)}")
@@ -192,7 +195,8 @@ def preprocess_rgba(rgba: np.ndarray, crop_px: int, size: int, bg: float = 1.0) 
     out = np.array(canvas).astype(np.float32) / 255.0
     a = out[..., 3:4]
     bg_arr = np.array([bg, bg, bg], dtype=np.float32)
-    return out[..., :3] * a + bg_arr * (1 - a)
+    rgb = out[..., :3] * a + bg_arr * (1 - a)
+    return (rgb, np.ascontiguousarray(out[..., 3])) if return_alpha else rgb
 
 
 def preprocess_image(
@@ -215,6 +219,22 @@ def preprocess_image(
     Returns:
         ``[size,size,3]`` float32 tensor in [0,1] (CPU), white background — upstream's ``imgs_in[0]`` (HWC).
     """
+    return preprocess_image_and_alpha(image, alpha, crop_size, size, bg)[0]
+
+
+def preprocess_image_and_alpha(
+    image: ImageLike,
+    alpha: ImageLike | None = None,
+    crop_size: float = 420,
+    size: int = 512,
+    bg: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`preprocess_image` plus the object's alpha framed the same way.
+
+    Returns:
+        ``(image [size,size,3], alpha [size,size])`` float32 tensors in [0,1] (CPU); alpha 1 = object. Optimize
+        Input Pose uses this alpha as its target mask (it travels in ``MultiViewResult.input_alpha``).
+    """
     rgba = to_rgba_uint8(image, alpha)
-    out = preprocess_rgba(rgba, crop_pixels(crop_size, size), size, bg)
-    return torch.from_numpy(np.ascontiguousarray(out))
+    rgb, a = preprocess_rgba(rgba, crop_pixels(crop_size, size), size, bg, return_alpha=True)
+    return torch.from_numpy(np.ascontiguousarray(rgb)), torch.from_numpy(a)

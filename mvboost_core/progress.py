@@ -1,0 +1,114 @@
+"""Progress of long loops as one number, elapsed time and an ETA, shared by the CLI and the ComfyUI nodes.
+
+The library reports progress through callbacks ``progress(stage, done, total)`` (see
+:data:`mvboost_core.pipeline.Progress`); stages run one after another. :class:`StageProgress` folds those reports
+into one overall position ``(value, maximum)`` in work units and measures time, so every front end shows the same
+numbers:
+
+* ``expected`` gives each stage's total before it starts (e.g. from :func:`mvboost_core.pipeline.pose_stage_totals`);
+  when the library reports a different total for a stage (its own count is authoritative), that one is used.
+* The ETA extrapolates the current stage from its own rate (units per second) and the stages still to come from the
+  rate seen so far over all stages. It is ``None`` until one unit is done.
+
+Nothing here touches ComfyUI or a terminal: :meth:`StageProgress.describe` returns a line such as
+``"Era3D denoising 12/40 · 0:45 elapsed · ETA 1:45"``.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+__all__ = ["StageProgress", "format_duration"]
+
+
+def format_duration(seconds: Optional[float]) -> str:
+    """``75.2`` -> ``"1:15"``, ``3725`` -> ``"1:02:05"``, ``None`` -> ``"?"``."""
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "?"
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class StageProgress:
+    """Overall progress of consecutive stages, with elapsed time and an ETA.
+
+    Args:
+        expected: ``{stage: total units}`` in run order (stages with 0 units are skipped). Unknown stages reported
+            later are appended.
+        labels: optional ``{stage: human label}`` used by :meth:`describe` (default: the stage name).
+        clock: seconds, monotonic (injectable for tests).
+    """
+
+    def __init__(self, expected: dict[str, int], labels: Optional[dict[str, str]] = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.totals: dict[str, int] = {k: max(0, int(v)) for k, v in expected.items()}
+        self.done: dict[str, int] = {k: 0 for k in self.totals}
+        self.labels = dict(labels or {})
+        self._clock = clock
+        self.start = clock()
+        self.stage: Optional[str] = None
+        self._stage_start = self.start
+        self._stage_start_units = 0
+
+    # ---------------------------------------------------------------- updates
+    def update(self, stage: str, done: int, total: Optional[int] = None) -> None:
+        """Record that ``stage`` has ``done`` of ``total`` units done (``total`` None: keep the known one)."""
+        if stage not in self.totals:
+            self.totals[stage] = 0
+            self.done[stage] = 0
+        if total is not None and int(total) > 0:
+            self.totals[stage] = int(total)
+        if stage != self.stage:
+            # earlier stages are complete once a later one reports
+            names = list(self.totals)
+            for k in names[: names.index(stage)]:
+                self.done[k] = self.totals[k]
+            self.stage = stage
+            self._stage_start = self._clock()
+            self._stage_start_units = self.done.get(stage, 0)
+        self.done[stage] = max(0, min(int(done), self.totals[stage] or int(done)))
+
+    # ---------------------------------------------------------------- readings
+    @property
+    def value(self) -> int:
+        return sum(self.done.values())
+
+    @property
+    def maximum(self) -> int:
+        return max(1, sum(self.totals.values()))
+
+    @property
+    def elapsed(self) -> float:
+        return self._clock() - self.start
+
+    @property
+    def eta(self) -> Optional[float]:
+        """Seconds still to go (None until something was measured)."""
+        now = self._clock()
+        remaining_other = sum(self.totals[k] - self.done[k] for k in self.totals if k != self.stage)
+        overall_rate = self.value / max(now - self.start, 1e-9) if self.value else None
+        if self.stage is None:
+            return None
+        st_done = self.done[self.stage] - self._stage_start_units
+        st_left = self.totals[self.stage] - self.done[self.stage]
+        stage_rate = st_done / max(now - self._stage_start, 1e-9) if st_done > 0 else overall_rate
+        if stage_rate is None or stage_rate <= 0:
+            return None
+        eta = st_left / stage_rate
+        if remaining_other:
+            if overall_rate is None or overall_rate <= 0:
+                return None
+            eta += remaining_other / overall_rate
+        return max(0.0, eta)
+
+    def describe(self) -> str:
+        """``"<label> done/total · m:ss elapsed · ETA m:ss"`` for the current stage."""
+        if self.stage is None:
+            return f"starting · {format_duration(self.elapsed)} elapsed"
+        label = self.labels.get(self.stage, self.stage)
+        eta = self.eta
+        tail = "done" if self.value >= self.maximum else f"ETA {format_duration(eta)}"
+        return (f"{label} {self.done[self.stage]}/{self.totals[self.stage]} · "
+                f"{format_duration(self.elapsed)} elapsed · {tail}")
