@@ -16,6 +16,15 @@ MASK is float32 ``[B,H,W]`` in 0..1.
 
 Constants: the custom type names (``MVBOOST_*``) and :data:`CATEGORY`. Nodes use ``DISPLAY_PREFIX`` for display
 names and ids starting with ``NODE_PREFIX``.
+
+Also here, once for all nodes:
+
+* the ComfyUI mask convention (:data:`MASK_LOADIMAGE` = LoadImage's ``1 - alpha``, :data:`MASK_OBJECT`) and
+  :func:`object_alpha` / :func:`one_image`, which turn ComfyUI's IMAGE/MASK into what ``mvboost_core`` takes;
+* :class:`ManagedModel`: a ``mvboost_core`` model wrapped in ComfyUI's ``ModelPatcher`` so
+  ``comfy.model_management`` accounts for its memory (and can unload it);
+* :class:`NodeProgress`: ComfyUI's progress bar (each update is an interruption point) plus a text line with the
+  stage, elapsed time and an ETA (``mvboost_core.progress.StageProgress``), shown on the node and logged.
 """
 from __future__ import annotations
 
@@ -35,6 +44,8 @@ __all__ = [
     "get_output_directory", "get_input_directory", "get_temp_directory", "get_save_image_path",
     "get_annotated_filepath",
     "to_comfy_image", "to_comfy_mask", "from_comfy_image", "preview_images_ui",
+    "MASK_LOADIMAGE", "MASK_OBJECT", "MASK_CONVENTIONS", "object_alpha", "one_image",
+    "ManagedModel", "NodeProgress",
 ]
 
 # --------------------------------------------------------------------------------------------- constants
@@ -433,3 +444,152 @@ def preview_images_ui(images, prefix: str = "MVBoost_preview") -> dict:
         Image.fromarray(arr).save(os.path.join(folder, fname), compress_level=1)
         results.append({"filename": fname, "subfolder": sub, "type": "temp"})
     return {"images": results}
+
+
+# ------------------------------------------------------------------------------------ mask convention
+#: ComfyUI's LoadImage outputs MASK = 1 - alpha (1 = transparent background): the default for every mask input.
+MASK_LOADIMAGE = "LoadImage mask (1 = background)"
+#: Masks from segmentation / background-removal nodes that mark the object with 1.
+MASK_OBJECT = "object mask (1 = object)"
+MASK_CONVENTIONS = [MASK_LOADIMAGE, MASK_OBJECT]
+
+
+def one_image(image, node: str):
+    """ComfyUI IMAGE ``[1,H,W,C]`` (C = 3 or 4) -> ``[H,W,C]`` float32; a batch of several is refused."""
+    img = from_comfy_image(image)
+    if img.shape[0] != 1:
+        raise ValueError(
+            f"{node} got a batch of {img.shape[0]} images; it makes one object per run. Pick one image "
+            "(e.g. with 'ImageFromBatch') or queue one run per image"
+        )
+    return img[0]
+
+
+def object_alpha(mask, convention: str = MASK_LOADIMAGE):
+    """ComfyUI MASK ``[H,W]`` or ``[1,H,W]`` -> the object's alpha ``[H,W]`` float32 in [0,1] (1 = object), or None.
+
+    ``convention`` :data:`MASK_LOADIMAGE` means 1 = background (LoadImage's ``1 - alpha``), :data:`MASK_OBJECT` means
+    1 = object. A batch of several masks is refused.
+    """
+    import torch
+
+    if mask is None:
+        return None
+    if convention not in MASK_CONVENTIONS:
+        raise ValueError(f"mask_convention {convention!r} is not one of {MASK_CONVENTIONS}")
+    m = torch.as_tensor(mask)
+    m = m if m.ndim == 3 else m[None]
+    if m.ndim != 3:
+        raise ValueError(f"mask must be a ComfyUI MASK [1,H,W], got shape {list(torch.as_tensor(mask).shape)}")
+    if m.shape[0] != 1:
+        raise ValueError(f"mask batch has {m.shape[0]} masks; give exactly one mask for the one image")
+    m = m[0].to(torch.float32).clamp(0, 1)
+    return 1.0 - m if convention == MASK_LOADIMAGE else m
+
+
+# ------------------------------------------------------------------------------------ model management
+class ManagedModel:
+    """A ``mvboost_core`` model (LGM, an Era3D pipeline) registered with ComfyUI's memory manager.
+
+    ``modules`` is an ``nn.Module`` holding every weight (default: the model itself, inside a ``ModuleDict`` so that
+    ComfyUI can set its ``device`` attribute; an Era3D pipeline passes a ModuleDict of its networks). Inside ComfyUI it is wrapped in ``comfy.model_patcher.ModelPatcher`` (load device
+    ``get_torch_device()``, offload device ``unet_offload_device()``), so ``load_models_gpu`` frees memory for it,
+    counts it, and "Unload models" / ``POST /free`` can offload it. Outside ComfyUI :meth:`load` moves it by hand.
+
+    Attributes: ``model`` (the mvboost_core object the nodes call), ``patcher`` (None outside ComfyUI).
+    """
+
+    def __init__(self, model, modules=None):
+        import torch
+
+        self.model = model
+        self.modules = modules if modules is not None else torch.nn.ModuleDict({"model": model})
+        self.patcher = None
+        mm = _mm()
+        mp = _module("comfy.model_patcher")
+        if mm is not None and mp is not None and hasattr(mp, "ModelPatcher"):
+            self.patcher = mp.ModelPatcher(self.modules, load_device=get_torch_device(),
+                                           offload_device=offload_device())
+
+    def load(self):
+        """Put the weights on the compute device (ComfyUI's ``load_models_gpu``) and return :attr:`model`."""
+        mm = _mm()
+        if self.patcher is not None and mm is not None and hasattr(mm, "load_models_gpu"):
+            mm.load_models_gpu([self.patcher], force_full_load=True)
+        else:
+            self.modules.to(get_torch_device())
+        return self.model
+
+    def __getattr__(self, name):  # convenience: config, resolution, ... of the wrapped model
+        if name in ("model", "modules", "patcher"):
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+
+def unwrap_model(obj):
+    """:class:`ManagedModel` -> (its model on the compute device); a bare model is moved there and returned."""
+    if isinstance(obj, ManagedModel):
+        return obj.load()
+    return ManagedModel(obj).load() if hasattr(obj, "to") else obj
+
+
+# ------------------------------------------------------------------------------------ progress
+class NodeProgress:
+    """Progress of one node run: ComfyUI's bar, a text line on the node, and a log line now and then.
+
+    ``expected`` = ``{stage: units}`` in run order (see :class:`mvboost_core.progress.StageProgress`). Call
+    :meth:`update` as ``progress(stage, done, total)`` callbacks arrive: the bar moves (also an interruption point,
+    like every ComfyUI progress update), the node shows e.g. ``"Era3D denoising 12/40 · 0:45 elapsed · ETA 1:45"``
+    (sent at most twice a second and at the end), and the server log gets the same line every ~10 %.
+    """
+
+    def __init__(self, expected: dict, node_id=None, title: str = "MVBoost", labels: dict | None = None):
+        import logging
+
+        from ..mvboost_core.pipeline import STAGE_LABELS
+        from ..mvboost_core.progress import StageProgress
+
+        self.tracker = StageProgress(expected, labels={**STAGE_LABELS, **(labels or {})})
+        self.node_id = None if node_id is None else str(node_id)
+        self.title = title
+        self.bar = ProgressBar(self.tracker.maximum)
+        self._log = logging.getLogger("mvboost")
+        self._last_text = -1e9
+        self._last_log_fraction = 0.0
+        self.lines: list[str] = []  # every text sent (tests read it)
+        check_interrupt()
+
+    def update(self, stage: str, done: int, total: int | None = None) -> None:
+        t = self.tracker
+        t.update(stage, done, total)
+        self.bar.update_absolute(t.value, t.maximum)  # raises InterruptProcessingException on cancel
+        now = time.monotonic()
+        finished = t.value >= t.maximum
+        if finished or now - self._last_text >= 0.5:
+            self._last_text = now
+            self._send(f"{self.title}: {t.describe()}")
+        frac = t.value / t.maximum
+        if finished or frac - self._last_log_fraction >= 0.1:
+            self._last_log_fraction = frac
+            self._log.info("[MVBoost] %s: %s", self.title, t.describe())
+
+    def show(self, text: str) -> None:
+        """Show a line on the node now (e.g. the saved path) and log it."""
+        self._send(f"{self.title}: {text}")
+        self._log.info("[MVBoost] %s: %s", self.title, text)
+
+    def callback(self, stage: str):
+        """A ``callback(done, total, *_)`` for loops that report one stage (Era3D's step callback)."""
+        return lambda done, total, *_: self.update(stage, done, total)
+
+    def _send(self, text: str) -> None:
+        self.lines.append(text)
+        if self.node_id is None:
+            return
+        server = sys.modules.get("server")  # ComfyUI's PromptServer module, only when running inside the server
+        inst = getattr(getattr(server, "PromptServer", None), "instance", None)
+        if inst is not None and hasattr(inst, "send_progress_text"):
+            try:
+                inst.send_progress_text(text, self.node_id)
+            except Exception:  # pragma: no cover - a UI message must never fail the node
+                pass

@@ -3,44 +3,25 @@
 No maths here: widgets are parsed, ``mvboost_core.era3d`` does the work. diffusers/transformers are imported only
 when a node runs, so loading the pack stays cheap.
 
-Masks: ComfyUI's LoadImage outputs ``MASK = 1 - alpha`` (1 = transparent background). Era3D MultiView's ``mask``
-input follows that convention by default (connect LoadImage's MASK directly); set ``mask_convention`` to
-"object (1 = object)" for masks from segmentation / background-removal nodes that mark the object with 1. An RGBA
-IMAGE (4 channels) needs no mask. An RGB image without a mask is refused with a message saying what to connect.
+Masks follow the convention in :mod:`._comfy` (LoadImage's MASK = 1 - alpha by default; ``mask_convention``
+"object mask (1 = object)" for segmentation masks). An RGBA IMAGE needs no mask; an RGB image without one is refused
+with a message saying what to connect.
 """
 from __future__ import annotations
 
 import os
+
+from comfy_api.latest import io
 
 from . import _comfy as C
 
 RELEASED_NAME = "MacLab-Era3D-512-6view"
 DOWNLOAD_CHOICE = f"download: pengHTYX/{RELEASED_NAME}"
 DTYPES = ["auto", "fp32", "bf16", "fp16"]
-MASK_LOADIMAGE = "LoadImage mask (1 = background)"
-MASK_OBJECT = "object mask (1 = object)"
+MASK_LOADIMAGE, MASK_OBJECT = C.MASK_LOADIMAGE, C.MASK_OBJECT  # (kept importable from here)
 
-
-def one_image_and_alpha(image, mask, mask_convention: str, node: str):
-    """ComfyUI IMAGE [1,H,W,C] (+ optional MASK [H,W] or [1,H,W]) -> (image [1,H,W,C], alpha [H,W] or None).
-
-    ``mask_convention`` MASK_LOADIMAGE means 1 = background (LoadImage's 1 - alpha); MASK_OBJECT means 1 = object.
-    A batch of several images or masks is refused (Era3DInputError, a ValueError) with the fix in the message.
-    """
-    from ..mvboost_core.era3d.preprocess import Era3DInputError, alpha_from_comfy_mask
-
-    img = C.from_comfy_image(image)
-    if img.shape[0] != 1:
-        raise Era3DInputError(
-            f"{node} got a batch of {img.shape[0]} images; it makes one object per run. Pick one image "
-            "(e.g. with 'ImageFromBatch') or queue one run per image"
-        )
-    if mask is None:
-        return img, None
-    m = mask if mask.ndim == 3 else mask[None]
-    if m.shape[0] != 1:
-        raise Era3DInputError(f"mask batch has {m.shape[0]} masks; give exactly one mask for the one image")
-    return img, (alpha_from_comfy_mask(m[0]) if mask_convention == MASK_LOADIMAGE else m[0])
+Era3DType = io.Custom(C.MVBOOST_ERA3D)
+MultiViewType = io.Custom(C.MVBOOST_MULTIVIEW)
 
 
 def _era3d_folders() -> list[str]:
@@ -59,97 +40,106 @@ def _download(name: str) -> str:
     return os.fspath(out) if out else os.path.join(roots[0], RELEASED_NAME)
 
 
-class MVBoostLoadEra3D:
+def managed_era3d(pipe) -> C.ManagedModel:
+    """An Era3D pipeline with its networks (UNet, VAE, CLIP image encoder, normalizer) under ComfyUI's memory
+    manager."""
+    import torch
+
+    mods = torch.nn.ModuleDict({"unet": pipe.unet, "vae": pipe.vae, "image_encoder": pipe.image_encoder,
+                                "image_normalizer": pipe.image_normalizer})
+    return C.ManagedModel(pipe, mods)
+
+
+def seed_input(default: int) -> io.Int.Input:
+    return io.Int.Input("seed", default=default, min=0, max=0xFFFFFFFFFFFFFFFF, step=1, control_after_generate=True)
+
+
+def mask_inputs(what: str) -> list:
+    """The optional ``mask`` + ``mask_convention`` pair shared by the nodes that take the input photo."""
+    return [
+        io.Mask.Input("mask", optional=True, tooltip=f"LoadImage's MASK (1 - alpha) or an object mask for {what}, "
+                                                     "see mask_convention"),
+        io.Combo.Input("mask_convention", options=C.MASK_CONVENTIONS, default=C.MASK_LOADIMAGE, optional=True),
+    ]
+
+
+class MVBoostLoadEra3D(io.ComfyNode):
     """Load an Era3D diffusers folder from ``models/era3d/<name>/`` (the released pengHTYX/MacLab-Era3D-512-6view)."""
 
-    CATEGORY = f"{C.CATEGORY}/Era3D"
-    RETURN_TYPES = (C.MVBOOST_ERA3D,)
-    RETURN_NAMES = ("era3d",)
-    FUNCTION = "load"
-    DESCRIPTION = (
-        "Loads an Era3D multi-view diffusion model (a diffusers folder in models/era3d). Pick the 'download:' entry "
-        "to fetch pengHTYX/MacLab-Era3D-512-6view from Hugging Face explicitly (about 4 GB). dtype auto = fp16 on "
-        "CUDA, fp32 on CPU; bf16 is a faster CPU option."
-    )
-
     @classmethod
-    def INPUT_TYPES(cls):
+    def define_schema(cls) -> io.Schema:
         names = _era3d_folders()
         if RELEASED_NAME not in names:
             names = names + [DOWNLOAD_CHOICE]
-        return {
-            "required": {
-                "model": (names, {"tooltip": "a sub-folder of models/era3d containing model_index.json"}),
-                "dtype": (DTYPES, {"default": "auto"}),
-            }
-        }
+        return io.Schema(
+            node_id="MVBoostLoadEra3D",
+            display_name=f"{C.DISPLAY_PREFIX}Load Era3D",
+            category=f"{C.CATEGORY}/Era3D",
+            description=(
+                "Loads an Era3D multi-view diffusion model (a diffusers folder in models/era3d). Pick the 'download:' "
+                "entry to fetch pengHTYX/MacLab-Era3D-512-6view from Hugging Face explicitly (about 4 GB). dtype auto "
+                "= fp16 on CUDA, fp32 on CPU; bf16 is a faster CPU option."),
+            inputs=[
+                io.Combo.Input("model", options=names,
+                               tooltip="a sub-folder of models/era3d containing model_index.json"),
+                io.Combo.Input("dtype", options=DTYPES, default="auto"),
+            ],
+            outputs=[Era3DType.Output(display_name="era3d")],
+        )
 
-    def load(self, model: str, dtype: str = "auto"):
+    @classmethod
+    def execute(cls, model: str, dtype: str = "auto") -> io.NodeOutput:
         from ..mvboost_core.era3d.pipeline import load_era3d, resolve_dtype
 
         path = _download(model) if model == DOWNLOAD_CHOICE else C.get_full_path("era3d", model)
         dt = resolve_dtype(dtype, C.get_torch_device())
         pipe = load_era3d(path, device=C.offload_device(), dtype=dt)
-        return (pipe,)
+        return io.NodeOutput(managed_era3d(pipe))
 
 
-class MVBoostEra3DMultiView:
+class MVBoostEra3DMultiView(io.ComfyNode):
     """One cut-out object image -> Era3D's six orthographic colour views and normal maps."""
 
-    CATEGORY = f"{C.CATEGORY}/Era3D"
-    RETURN_TYPES = (C.MVBOOST_MULTIVIEW, "IMAGE", "IMAGE")
-    RETURN_NAMES = ("multiview", "colors", "normals")
-    FUNCTION = "generate"
-    DESCRIPTION = (
-        "Era3D multi-view diffusion: six views (front, front_right, right, back, left, front_left) as colour images "
-        "and normal maps. The object must be cut out: use an RGBA image or connect LoadImage's MASK (ComfyUI masks "
-        "are 1 - alpha). crop_size = the object's longest side in pixels of the 512 canvas (Era3D default 420)."
-    )
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MVBoostEra3DMultiView",
+            display_name=f"{C.DISPLAY_PREFIX}Era3D MultiView",
+            category=f"{C.CATEGORY}/Era3D",
+            description=(
+                "Era3D multi-view diffusion: six views (front, front_right, right, back, left, front_left) as colour "
+                "images and normal maps. The object must be cut out: use an RGBA image or connect LoadImage's MASK "
+                "(ComfyUI masks are 1 - alpha). crop_size = the object's longest side in pixels of the 512 canvas "
+                "(Era3D default 420)."),
+            inputs=[
+                Era3DType.Input("era3d"),
+                io.Image.Input("image"),
+                seed_input(42),
+                io.Int.Input("steps", default=40, min=1, max=200, step=1),
+                io.Float.Input("guidance", default=3.0, min=1.0, max=20.0, step=0.1),
+                io.Int.Input("crop_size", default=420, min=64, max=512, step=1,
+                             tooltip="object's longest side on the 512-px canvas"),
+                *mask_inputs("the image"),
+            ],
+            outputs=[MultiViewType.Output(display_name="multiview"),
+                     io.Image.Output("colors", display_name="colors"),
+                     io.Image.Output("normals", display_name="normals")],
+            hidden=[io.Hidden.unique_id],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "era3d": (C.MVBOOST_ERA3D,),
-                "image": ("IMAGE",),
-                "seed": ("INT", {"default": 42, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "step": 1,
-                                 "control_after_generate": True}),
-                "steps": ("INT", {"default": 40, "min": 1, "max": 200, "step": 1}),
-                "guidance": ("FLOAT", {"default": 3.0, "min": 1.0, "max": 20.0, "step": 0.1}),
-                "crop_size": ("INT", {"default": 420, "min": 64, "max": 512, "step": 1,
-                                      "tooltip": "object's longest side on the 512-px canvas"}),
-            },
-            "optional": {
-                "mask": ("MASK", {"tooltip": "LoadImage's MASK (1 - alpha) or an object mask, see mask_convention"}),
-                "mask_convention": ([MASK_LOADIMAGE, MASK_OBJECT], {"default": MASK_LOADIMAGE}),
-            },
-        }
-
-    def generate(self, era3d, image, seed=42, steps=40, guidance=3.0, crop_size=420, mask=None,
-                 mask_convention=MASK_LOADIMAGE):
-        img, alpha = one_image_and_alpha(image, mask, mask_convention, "Era3D MultiView")
-        C.check_interrupt()
-        bar = C.ProgressBar(int(steps))
-
-        def on_step(done, total, _latents):
-            bar.update_absolute(done, total)  # also an interruption point
-
-        device = C.get_torch_device()
-        era3d.to(device)
+    def execute(cls, era3d, image, seed=42, steps=40, guidance=3.0, crop_size=420, mask=None,
+                mask_convention=C.MASK_LOADIMAGE) -> io.NodeOutput:
+        img = C.one_image(image, "Era3D MultiView")
+        alpha = C.object_alpha(mask, mask_convention)
+        progress = C.NodeProgress({"era3d": int(steps)}, node_id=cls.hidden.unique_id, title="Era3D MultiView")
+        pipe = C.unwrap_model(era3d)
         try:
-            result = era3d(img[0], alpha=alpha, seed=int(seed), steps=int(steps), guidance=float(guidance),
-                           crop_size=int(crop_size), callback=on_step)
+            result = pipe(img, alpha=alpha, seed=int(seed), steps=int(steps), guidance=float(guidance),
+                          crop_size=int(crop_size), callback=progress.callback("era3d"))
         finally:
-            era3d.to(C.offload_device())
             C.soft_empty_cache()
-        return (result, C.to_comfy_image(result.colors.images), C.to_comfy_image(result.normals.images))
+        return io.NodeOutput(result, C.to_comfy_image(result.colors.images), C.to_comfy_image(result.normals.images))
 
 
-NODE_CLASS_MAPPINGS = {
-    "MVBoostLoadEra3D": MVBoostLoadEra3D,
-    "MVBoostEra3DMultiView": MVBoostEra3DMultiView,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "MVBoostLoadEra3D": f"{C.DISPLAY_PREFIX}Load Era3D",
-    "MVBoostEra3DMultiView": f"{C.DISPLAY_PREFIX}Era3D MultiView",
-}
+NODES = [MVBoostLoadEra3D, MVBoostEra3DMultiView]

@@ -1,8 +1,8 @@
 """Save / Load / Render Gaussians nodes (adapters only: the work is done by mvboost_core).
 
 * **MVBoost: Save Gaussians** -> ``.ply`` (LGM's 14 properties or the full 3DGS layout), ``.splat`` or ``.spz``
-  in ComfyUI's output folder, written atomically; returns the path relative to the output folder and shows a
-  rendered preview. On ComfyUI versions with the native 3D-file types (2026+) it also outputs a core ``File3D``
+  in ComfyUI's output folder, written atomically; returns the path relative to the output folder (STRING output),
+  shows it on the node ("saved <path>") and a rendered preview image. On ComfyUI versions with the native 3D-file types (2026+) it also outputs a core ``File3D``
   so ``PreviewGaussianSplat`` / core splat loaders accept it (see :mod:`.splat_interop`).
 * **MVBoost: Load Gaussians** <- ``.ply`` / ``.splat`` / ``.spz`` from the input folder (or ``input/3d``).
 * **MVBoost: Render Gaussians** -> turntable IMAGE batch + MASK (alpha, 1 = object) on LGM's orbit cameras.
@@ -12,7 +12,11 @@ from __future__ import annotations
 import hashlib
 import os
 
+from comfy_api.latest import io, ui
+
 from . import _comfy as C
+
+GaussiansType = io.Custom(C.MVBOOST_GAUSSIANS)
 
 FORMATS = {  # widget value -> (file extension, mvboost_core.gaussians writer name, writer kwargs)
     "ply": ("ply", "save_ply", {"layout": "lgm"}),
@@ -56,69 +60,87 @@ def _check_gaussians(gaussians, what: str):
     return gaussians.validate(what)
 
 
-def _render_views(gaussians, elevations, azimuths, radius, fov, resolution, background, pbar=None):
-    """Render one view at a time (bounded memory) -> (rgb [V,H,W,3], alpha [V,H,W]) on the render device."""
-    import torch
+def _render_views(gaussians, frames, elevation, radius, fov, resolution, background, start_azimuth=0.0,
+                  progress=None):
+    """Turntable through the core (``mvboost_core.pipeline.render_turntable``, the CLI's too), on the compute device,
+    one view per call (bounded memory, an interruption check per view) -> (rgb [V,H,W,3], alpha [V,H,W]) on CPU."""
+    from ..mvboost_core.pipeline import render_turntable
 
-    from ..mvboost_core.cameras import Cameras
-    from ..mvboost_core.render import render
-
-    device = C.get_torch_device()
-    g = gaussians.to(device=device, dtype=torch.float32)
-    rgbs, alphas = [], []
-    with torch.no_grad():
-        for e, a in zip(elevations, azimuths):
-            C.check_interrupt()
-            cams = Cameras.orbit([e], [a], radius=radius, fovy_deg=fov, width=resolution, height=resolution,
-                                 device=device)
-            out = render(g, cams, background=background)
-            rgbs.append(out.rgb.clamp(0, 1))
-            alphas.append(out.alpha[..., 0])
-            if pbar is not None:
-                pbar.update(1)
-    return torch.cat(rgbs), torch.cat(alphas)
+    return render_turntable(gaussians.to(device=C.get_torch_device()), frames=frames, size=resolution,
+                            elevation=elevation, radius=radius, fovy=fov, background=background,
+                            start_azimuth=start_azimuth, batch=1, progress=progress,
+                            check_interrupt=C.check_interrupt, with_alpha=True)
 
 
 # =====================================================================================================================
-class MVBoostSaveGaussians:
+def _host_file3d_type():
+    try:
+        from .splat_interop import host_file3d_splat_type
+    except Exception:
+        return None
+    try:
+        return host_file3d_splat_type()
+    except Exception:
+        return None
+
+
+_HOST_FILE3D_TYPE = _host_file3d_type()
+
+
+def _file3d_output(path: str, ext: str):
+    """The host's core File3D object for the saved file, when the host has the 2026 splat types (else None)."""
+    try:
+        from .splat_interop import make_host_file3d
+    except Exception:
+        return None
+    return make_host_file3d(path, ext)
+
+
+class MVBoostSaveGaussians(io.ComfyNode):
     """Write Gaussians into the output folder; returns the relative path; previews one rendered view."""
 
-    CATEGORY = C.CATEGORY
-    FUNCTION = "save"
-    OUTPUT_NODE = True
-    DESCRIPTION = ("Saves Gaussians as .ply (LGM 14-property layout or full 3DGS layout with normals and zero SH "
-                   "rest, opened by SuperSplat / antimatter15 / most viewers), .splat (antimatter15) or .spz "
-                   "(Niantic) into ComfyUI's output folder.")
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        outputs = [io.String.Output("path", display_name="path",
+                                    tooltip="Saved file, relative to ComfyUI's output folder.")]
+        if _HOST_FILE3D_TYPE:  # the host has the File3D types (ComfyUI 2026+)
+            outputs.append(io.Custom(_HOST_FILE3D_TYPE).Output(
+                "model_3d", display_name="model_3d",
+                tooltip="The saved file as a core 3D-file object for Preview Splat / Get Splat / Save 3D Model "
+                        "(set axes = y_down so it shows upright there)."))
+        return io.Schema(
+            node_id="MVBoostSaveGaussians",
+            display_name=f"{C.DISPLAY_PREFIX}Save Gaussians",
+            category=C.CATEGORY,
+            description=("Saves Gaussians as .ply (LGM 14-property layout or full 3DGS layout with normals and zero SH "
+                         "rest, opened by SuperSplat / antimatter15 / most viewers), .splat (antimatter15) or .spz "
+                         "(Niantic) into ComfyUI's output folder. The node shows the saved path and a rendered "
+                         "front view; the path is also its STRING output."),
+            inputs=[
+                GaussiansType.Input("gaussians"),
+                io.String.Input("filename_prefix", default="mvboost/gaussians",
+                                tooltip="Relative to the output folder; sub-folders allowed, '..' is not."),
+                io.Combo.Input("format", options=list(FORMATS), default="ply",
+                               tooltip="ply = LGM's layout; ply_full = with normals + f_rest (widest viewer support); "
+                                       "splat = antimatter15 32-byte records; spz = Niantic gzip."),
+                io.Float.Input("prune_opacity", default=0.005, min=0.0, max=1.0, step=0.001, optional=True,
+                               tooltip="Gaussians with opacity below this are dropped (LGM uses 0.005)."),
+                io.Boolean.Input("preview", default=True, optional=True,
+                                 tooltip="Render one front view as the node preview."),
+                io.Int.Input("preview_size", default=256, min=64, max=1024, step=8, optional=True),
+                io.Combo.Input("axes", options=list(AXES), default="y_up (LGM)", optional=True,
+                               tooltip="y_up keeps LGM's world as LGM writes it; y_down rotates 180° about x into the "
+                                       "3DGS frame ComfyUI's splat nodes (Preview Splat, Get Splat) assume, so the "
+                                       "file opens upright there."),
+            ],
+            outputs=outputs,
+            is_output_node=True,
+            hidden=[io.Hidden.unique_id],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "gaussians": (C.MVBOOST_GAUSSIANS,),
-                "filename_prefix": ("STRING", {"default": "mvboost/gaussians", "tooltip":
-                                               "Relative to the output folder; sub-folders allowed, '..' is not."}),
-                "format": (list(FORMATS), {"default": "ply", "tooltip":
-                                           "ply = LGM's layout; ply_full = with normals + f_rest (widest viewer "
-                                           "support); splat = antimatter15 32-byte records; spz = Niantic gzip."}),
-            },
-            "optional": {
-                "prune_opacity": ("FLOAT", {"default": 0.005, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip":
-                                            "Gaussians with opacity below this are dropped (LGM uses 0.005)."}),
-                "preview": ("BOOLEAN", {"default": True, "tooltip": "Render one front view as the node preview."}),
-                "preview_size": ("INT", {"default": 256, "min": 64, "max": 1024, "step": 8}),
-                "axes": (list(AXES), {"default": "y_up (LGM)", "tooltip":
-                                      "y_up keeps LGM's world as LGM writes it; y_down rotates 180° about x into the "
-                                      "3DGS frame ComfyUI's splat nodes (Preview Splat, Get Splat) assume, so the "
-                                      "file opens upright there."}),
-            },
-        }
-
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("path",)
-    OUTPUT_TOOLTIPS = ("Saved file, relative to ComfyUI's output folder.",)
-
-    def save(self, gaussians, filename_prefix, format, prune_opacity=0.005, preview=True, preview_size=256,
-             axes="y_up (LGM)"):
+    def execute(cls, gaussians, filename_prefix, format, prune_opacity=0.005, preview=True, preview_size=256,
+                axes="y_up (LGM)") -> io.NodeOutput:
         if format not in FORMATS:
             raise ValueError(f"format {format!r} is not one of {list(FORMATS)}")
         if axes not in AXES:
@@ -139,43 +161,16 @@ class MVBoostSaveGaussians:
             to_write = rotate_x180(gaussians)
         writer(to_write, full, prune_opacity=prune_opacity, **kwargs)
         rel = os.path.relpath(full, out_dir).replace(os.sep, "/")
-        ui = {"text": [rel]}
+        progress = C.NodeProgress({}, node_id=cls.hidden.unique_id, title="Save Gaussians")
+        progress.show(f"saved {rel}")  # the path, on the node (both frontends show progress text)
+        ui_out = None
         if preview:
-            rgb, _ = _render_views(gaussians, [0.0], [0.0], 1.5, 49.1, int(preview_size), (1.0, 1.0, 1.0))
-            ui.update(C.preview_images_ui(rgb, prefix="MVBoost_gaussians_preview"))
+            rgb, _ = _render_views(gaussians, 1, 0.0, 1.5, 49.1, int(preview_size), (1.0, 1.0, 1.0))
+            ui_out = ui.PreviewImage(C.to_comfy_image(rgb), cls=cls)
         result = (rel,)
-        if len(type(self).RETURN_TYPES) == 2:  # the host has the File3D types (see below)
+        if _HOST_FILE3D_TYPE:
             result = result + (_file3d_output(full, ext),)
-        return {"ui": ui, "result": result}
-
-
-def _file3d_output(path: str, ext: str):
-    """The host's core File3D object for the saved file, when the host has the 2026 splat types (else None)."""
-    try:
-        from .splat_interop import make_host_file3d
-    except Exception:
-        return None
-    return make_host_file3d(path, ext)
-
-
-def _host_file3d_type():
-    try:
-        from .splat_interop import host_file3d_splat_type
-    except Exception:
-        return None
-    try:
-        return host_file3d_splat_type()
-    except Exception:
-        return None
-
-
-_HOST_FILE3D_TYPE = _host_file3d_type()
-if _HOST_FILE3D_TYPE:
-    MVBoostSaveGaussians.RETURN_TYPES = ("STRING", _HOST_FILE3D_TYPE)
-    MVBoostSaveGaussians.RETURN_NAMES = ("path", "model_3d")
-    MVBoostSaveGaussians.OUTPUT_TOOLTIPS = MVBoostSaveGaussians.OUTPUT_TOOLTIPS + (
-        "The saved file as a core 3D-file object for Preview Splat / Get Splat / Save 3D Model "
-        "(set axes = y_down so it shows upright there).",)
+        return io.NodeOutput(*result, ui=ui_out)
 
 
 # =====================================================================================================================
@@ -197,95 +192,104 @@ def _input_files() -> list[str]:
         return []
 
 
-class MVBoostLoadGaussians:
-    """Read a Gaussian file (.ply 3DGS, .splat, .spz) from ComfyUI's input folder."""
+def _ext(file: str) -> str:
+    name = file or ""
+    for tag in (" [input]", " [output]", " [temp]"):  # ComfyUI's annotated names, e.g. "a.ply [output]"
+        if name.endswith(tag):
+            name = name[: -len(tag)]
+    return os.path.splitext(name)[1].lower()
 
-    CATEGORY = C.CATEGORY
-    FUNCTION = "load"
-    DESCRIPTION = ("Loads 3D Gaussians from the input folder (or input/3d): 3DGS .ply (any SH degree; the DC colour "
-                   "is kept), antimatter15 .splat, Niantic .spz.")
-    RETURN_TYPES = (C.MVBOOST_GAUSSIANS,)
-    RETURN_NAMES = ("gaussians",)
+
+def _path(file: str) -> str:
+    if not file:
+        raise FileNotFoundError(
+            f"No Gaussian file selected: put a .ply/.splat/.spz into {C.get_input_directory()} (or use the node's "
+            "upload button) and refresh.")
+    return C.get_annotated_filepath(file)
+
+
+class MVBoostLoadGaussians(io.ComfyNode):
+    """Read a Gaussian file (.ply 3DGS, .splat, .spz) from ComfyUI's input folder.
+
+    The upload button comes from this pack's frontend extension (``web/mvboost.js``): it sends the file through
+    ComfyUI's ``/upload/image`` route into the input folder and selects it. (ComfyUI frontends only build upload
+    buttons for image / video / audio inputs themselves.)
+    """
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"file": (_input_files(), {"file_upload": True, "tooltip":
-                                                       "A .ply / .splat / .spz in ComfyUI's input folder."})}}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MVBoostLoadGaussians",
+            display_name=f"{C.DISPLAY_PREFIX}Load Gaussians",
+            category=C.CATEGORY,
+            description=("Loads 3D Gaussians from the input folder (or input/3d): 3DGS .ply (any SH degree; the DC "
+                         "colour is kept), antimatter15 .splat, Niantic .spz. Use the upload button to add a file."),
+            inputs=[io.Combo.Input("file", options=_input_files(),
+                                   tooltip="A .ply / .splat / .spz in ComfyUI's input folder.")],
+            outputs=[GaussiansType.Output(display_name="gaussians")],
+        )
 
     @classmethod
-    def _path(cls, file: str) -> str:
-        if not file:
-            raise FileNotFoundError(
-                f"No Gaussian file selected: put a .ply/.splat/.spz into {C.get_input_directory()} and refresh.")
-        return C.get_annotated_filepath(file)
-
-    @classmethod
-    def IS_CHANGED(cls, file):
+    def fingerprint_inputs(cls, file):
         try:
-            with open(cls._path(file), "rb") as f:
+            with open(_path(file), "rb") as f:
                 return hashlib.sha256(f.read()).hexdigest()
         except OSError:
             return float("nan")
 
-    @staticmethod
-    def _ext(file: str) -> str:
-        name = file or ""
-        for tag in (" [input]", " [output]", " [temp]"):  # ComfyUI's annotated names, e.g. "a.ply [output]"
-            if name.endswith(tag):
-                name = name[: -len(tag)]
-        return os.path.splitext(name)[1].lower()
-
     @classmethod
-    def VALIDATE_INPUTS(cls, file):
-        ext = cls._ext(file)
+    def validate_inputs(cls, file):
+        ext = _ext(file)
         if ext not in _readable_extensions():
             return f"{file!r}: unsupported extension; readable: {', '.join(_readable_extensions())}"
         if not os.path.isfile(C.get_annotated_filepath(file)):
             return f"Gaussian file not found: {file} (looked in {C.get_input_directory()})"
         return True
 
-    def load(self, file):
-        path = self._path(file)
-        ext = self._ext(file)
+    @classmethod
+    def execute(cls, file) -> io.NodeOutput:
+        path = _path(file)
+        ext = _ext(file)
         reader = getattr(_gio(), READERS.get(ext, ""), None)
         if reader is None:
             raise ValueError(f"{file!r}: unsupported extension {ext!r}; readable: {', '.join(_readable_extensions())}")
-        return (reader(path),)
+        return io.NodeOutput(reader(path))
 
 
 # =====================================================================================================================
-class MVBoostRenderGaussians:
+class MVBoostRenderGaussians(io.ComfyNode):
     """Turntable of Gaussians on LGM's orbit cameras -> IMAGE batch + MASK (alpha)."""
 
-    CATEGORY = C.CATEGORY
-    FUNCTION = "render"
-    DESCRIPTION = ("Renders a turntable: `frames` views evenly spaced in azimuth (kiui/LGM orbit: azimuth 0 looks from "
-                   "+z, 90 from +x), all at one elevation, perspective, looking at the origin.")
-    RETURN_TYPES = ("IMAGE", "MASK")
-    RETURN_NAMES = ("images", "alpha")
-    OUTPUT_TOOLTIPS = ("Rendered frames [F,H,W,3] composited over the background.",
-                       "Alpha [F,H,W] (1 = object, 0 = background).")
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MVBoostRenderGaussians",
+            display_name=f"{C.DISPLAY_PREFIX}Render Gaussians",
+            category=C.CATEGORY,
+            description=("Renders a turntable: `frames` views evenly spaced in azimuth (kiui/LGM orbit: azimuth 0 looks "
+                         "from +z, 90 from +x), all at one elevation, perspective, looking at the origin."),
+            inputs=[
+                GaussiansType.Input("gaussians"),
+                io.Int.Input("frames", default=16, min=1, max=360, step=1),
+                io.Float.Input("elevation", default=0.0, min=-89.0, max=89.0, step=1.0,
+                               tooltip="Degrees, LGM/kiui convention: negative = camera above the object."),
+                io.Float.Input("radius", default=1.5, min=0.1, max=100.0, step=0.05),
+                io.Float.Input("fov", default=49.1, min=1.0, max=170.0, step=0.1,
+                               tooltip="Vertical field of view in degrees (LGM: 49.1)."),
+                io.Int.Input("resolution", default=256, min=16, max=2048, step=8),
+                io.String.Input("background", default="#FFFFFF", tooltip="'#RRGGBB' or 'r, g, b' in 0..1."),
+                io.Float.Input("start_azimuth", default=0.0, min=-360.0, max=360.0, step=1.0, optional=True),
+            ],
+            outputs=[io.Image.Output("images", display_name="images",
+                                     tooltip="Rendered frames [F,H,W,3] composited over the background."),
+                     io.Mask.Output("alpha", display_name="alpha",
+                                    tooltip="Alpha [F,H,W] (1 = object, 0 = background).")],
+            hidden=[io.Hidden.unique_id],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "gaussians": (C.MVBOOST_GAUSSIANS,),
-                "frames": ("INT", {"default": 16, "min": 1, "max": 360, "step": 1}),
-                "elevation": ("FLOAT", {"default": 0.0, "min": -89.0, "max": 89.0, "step": 1.0, "tooltip":
-                                        "Degrees, LGM/kiui convention: negative = camera above the object."}),
-                "radius": ("FLOAT", {"default": 1.5, "min": 0.1, "max": 100.0, "step": 0.05}),
-                "fov": ("FLOAT", {"default": 49.1, "min": 1.0, "max": 170.0, "step": 0.1,
-                                  "tooltip": "Vertical field of view in degrees (LGM: 49.1)."}),
-                "resolution": ("INT", {"default": 256, "min": 16, "max": 2048, "step": 8}),
-                "background": ("STRING", {"default": "#FFFFFF", "tooltip": "'#RRGGBB' or 'r, g, b' in 0..1."}),
-            },
-            "optional": {
-                "start_azimuth": ("FLOAT", {"default": 0.0, "min": -360.0, "max": 360.0, "step": 1.0}),
-            },
-        }
-
-    def render(self, gaussians, frames, elevation, radius, fov, resolution, background, start_azimuth=0.0):
+    def execute(cls, gaussians, frames, elevation, radius, fov, resolution, background,
+                start_azimuth=0.0) -> io.NodeOutput:
         frames, resolution = int(frames), int(resolution)
         if frames < 1:
             raise ValueError(f"frames must be >= 1, got {frames}")
@@ -297,21 +301,11 @@ class MVBoostRenderGaussians:
             raise ValueError(f"radius must be > 0, got {radius}")
         bg = _parse_color(background)
         gaussians = _check_gaussians(gaussians, "Render Gaussians")
-        azimuths = [float(start_azimuth) + 360.0 * i / frames for i in range(frames)]
-        pbar = C.ProgressBar(frames)
-        rgb, alpha = _render_views(gaussians, [float(elevation)] * frames, azimuths, float(radius), float(fov),
-                                   resolution, bg, pbar)
+        progress = C.NodeProgress({"turntable": frames}, node_id=cls.hidden.unique_id, title="Render Gaussians")
+        rgb, alpha = _render_views(gaussians, frames, float(elevation), float(radius), float(fov), resolution, bg,
+                                   float(start_azimuth), progress=progress.update)
         C.soft_empty_cache()
-        return (C.to_comfy_image(rgb), C.to_comfy_mask(alpha))
+        return io.NodeOutput(C.to_comfy_image(rgb), C.to_comfy_mask(alpha))
 
 
-NODE_CLASS_MAPPINGS = {
-    "MVBoostSaveGaussians": MVBoostSaveGaussians,
-    "MVBoostLoadGaussians": MVBoostLoadGaussians,
-    "MVBoostRenderGaussians": MVBoostRenderGaussians,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "MVBoostSaveGaussians": "MVBoost: Save Gaussians",
-    "MVBoostLoadGaussians": "MVBoost: Load Gaussians",
-    "MVBoostRenderGaussians": "MVBoost: Render Gaussians",
-}
+NODES = [MVBoostSaveGaussians, MVBoostLoadGaussians, MVBoostRenderGaussians]

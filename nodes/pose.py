@@ -1,13 +1,18 @@
 """Optimize Input Pose node: fit the input photo's camera to the Gaussians, then adjust their appearance.
 
-No maths here: ``mvboost_core.pose.optimize_input_view`` does the work.
+No maths here: ``mvboost_core.pose.optimize_input_view`` does the work; the nominal camera and the progress totals
+come from ``mvboost_core.pipeline`` (the same ones the CLI uses).
 """
 from __future__ import annotations
 
-from . import _comfy as C
+from comfy_api.latest import io
 
-MASK_LOADIMAGE = "LoadImage mask (1 = background)"
-MASK_OBJECT = "object mask (1 = object)"
+from . import _comfy as C
+from .era3d import MultiViewType
+
+GaussiansType = io.Custom(C.MVBOOST_GAUSSIANS)
+CamerasType = io.Custom(C.MVBOOST_CAMERAS)
+MASK_LOADIMAGE, MASK_OBJECT = C.MASK_LOADIMAGE, C.MASK_OBJECT
 
 
 def _grid(rng: float, steps: int) -> tuple:
@@ -15,76 +20,80 @@ def _grid(rng: float, steps: int) -> tuple:
     return (0.0,) if n == 1 else tuple(-float(rng) + 2.0 * float(rng) * i / (n - 1) for i in range(n))
 
 
-class MVBoostOptimizeInputPose:
+class MVBoostOptimizeInputPose(io.ComfyNode):
     """Gaussians + input view -> pose-fitted camera and appearance-adjusted Gaussians + before/after/target."""
 
-    CATEGORY = f"{C.CATEGORY}/Gaussians"
-    RETURN_TYPES = (C.MVBOOST_GAUSSIANS, C.MVBOOST_CAMERAS, "IMAGE", "IMAGE", "IMAGE")
-    RETURN_NAMES = ("gaussians", "camera", "before", "after", "target")
-    FUNCTION = "optimize"
-    DESCRIPTION = (
-        "MVBoost input-view optimisation: (1) grid search of elevation/azimuth/radius around the nominal input "
-        "camera scored by masked LPIPS, (2) gradient refinement of the pose through the rasterizer (Adam, then a "
-        "Levenberg-Marquardt polish), (3) per-Gaussian colour and opacity adjustments on LPIPS + MSE of the input "
-        "view, regularised so the other views stay close. Connect Era3D's 'multiview' (its condition image is the "
-        "target, framed exactly as LGM saw it) or an image (+ mask) framed like Era3D's input."
-    )
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MVBoostOptimizeInputPose",
+            display_name=f"{C.DISPLAY_PREFIX}Optimize Input Pose",
+            category=f"{C.CATEGORY}/Gaussians",
+            description=(
+                "MVBoost input-view optimisation: (1) grid search of elevation/azimuth/radius around the nominal input "
+                "camera scored by masked LPIPS, (2) gradient refinement of the pose through the rasterizer (Adam, then "
+                "a Levenberg-Marquardt polish), (3) per-Gaussian colour and opacity adjustments on LPIPS + MSE of the "
+                "input view, regularised so the other views stay close. Connect Era3D's 'multiview' (its condition "
+                "image and the object's alpha are the target, framed exactly as LGM saw them) or an image (+ mask) "
+                "framed like Era3D's input."),
+            inputs=[
+                GaussiansType.Input("gaussians"),
+                io.Boolean.Input("pose_search", default=True),
+                io.Boolean.Input("pose_refine", default=True),
+                io.Boolean.Input("adjust_gaussians", default=True),
+                io.Int.Input("pose_iterations", default=100, min=0, max=5000, step=1),
+                io.Int.Input("lm_iterations", default=4, min=0, max=100, step=1),
+                io.Int.Input("adjust_iterations", default=100, min=0, max=5000, step=1),
+                io.Float.Input("pose_lr", default=0.01, min=1e-5, max=1.0, step=1e-4),
+                io.Float.Input("color_lr", default=0.01, min=1e-5, max=1.0, step=1e-4),
+                io.Float.Input("opacity_lr", default=0.05, min=1e-5, max=1.0, step=1e-4),
+                io.Int.Input("resolution", default=256, min=32, max=1024, step=8),
+                io.Float.Input("search_range", default=10.0, min=0.0, max=90.0, step=0.5,
+                               tooltip="± degrees of elevation and azimuth searched around the nominal view"),
+                io.Int.Input("search_steps", default=5, min=1, max=21, step=1,
+                             tooltip="grid points per angle (radius: ×0.9, ×1, ×1.1)"),
+                MultiViewType.Input("multiview", optional=True,
+                                    tooltip="Era3D MultiView output: its condition image, the object's alpha and the "
+                                            "predicted elevation are used"),
+                io.Image.Input("image", optional=True, tooltip="input view (used instead of multiview's condition "
+                                                               "image)"),
+                io.Mask.Input("mask", optional=True, tooltip="mask of 'image' (see mask_convention)"),
+                io.Combo.Input("mask_convention", options=C.MASK_CONVENTIONS, default=C.MASK_LOADIMAGE,
+                               optional=True),
+                io.Boolean.Input("lpips_pretrained", default=True, optional=True,
+                                 tooltip="off = random VGG (testing only)"),
+            ],
+            outputs=[GaussiansType.Output("gaussians_out", display_name="gaussians"),
+                     CamerasType.Output("camera", display_name="camera"),
+                     io.Image.Output("before", display_name="before"),
+                     io.Image.Output("after", display_name="after"),
+                     io.Image.Output("target", display_name="target")],
+            hidden=[io.Hidden.unique_id],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "gaussians": (C.MVBOOST_GAUSSIANS,),
-                "pose_search": ("BOOLEAN", {"default": True}),
-                "pose_refine": ("BOOLEAN", {"default": True}),
-                "adjust_gaussians": ("BOOLEAN", {"default": True}),
-                "pose_iterations": ("INT", {"default": 100, "min": 0, "max": 5000, "step": 1}),
-                "lm_iterations": ("INT", {"default": 4, "min": 0, "max": 100, "step": 1}),
-                "adjust_iterations": ("INT", {"default": 100, "min": 0, "max": 5000, "step": 1}),
-                "pose_lr": ("FLOAT", {"default": 0.01, "min": 1e-5, "max": 1.0, "step": 1e-4}),
-                "color_lr": ("FLOAT", {"default": 0.01, "min": 1e-5, "max": 1.0, "step": 1e-4}),
-                "opacity_lr": ("FLOAT", {"default": 0.05, "min": 1e-5, "max": 1.0, "step": 1e-4}),
-                "resolution": ("INT", {"default": 256, "min": 32, "max": 1024, "step": 8}),
-                "search_range": ("FLOAT", {"default": 10.0, "min": 0.0, "max": 90.0, "step": 0.5, "tooltip":
-                                           "± degrees of elevation and azimuth searched around the nominal view"}),
-                "search_steps": ("INT", {"default": 5, "min": 1, "max": 21, "step": 1, "tooltip":
-                                         "grid points per angle (radius: ×0.9, ×1, ×1.1)"}),
-            },
-            "optional": {
-                "multiview": (C.MVBOOST_MULTIVIEW, {"tooltip": "Era3D MultiView output: its condition image and "
-                                                               "predicted elevation are used"}),
-                "image": ("IMAGE", {"tooltip": "input view (used instead of multiview's condition image)"}),
-                "mask": ("MASK",),
-                "mask_convention": ([MASK_LOADIMAGE, MASK_OBJECT], {"default": MASK_LOADIMAGE}),
-                "lpips_pretrained": ("BOOLEAN", {"default": True, "tooltip": "off = random VGG (testing only)"}),
-            },
-        }
+    def execute(cls, gaussians, pose_search=True, pose_refine=True, adjust_gaussians=True, pose_iterations=100,
+                lm_iterations=4, adjust_iterations=100, pose_lr=0.01, color_lr=0.01, opacity_lr=0.05,
+                resolution=256, search_range=10.0, search_steps=5, multiview=None, image=None, mask=None,
+                mask_convention=C.MASK_LOADIMAGE, lpips_pretrained=True) -> io.NodeOutput:
+        import torch
 
-    def optimize(self, gaussians, pose_search=True, pose_refine=True, adjust_gaussians=True, pose_iterations=100,
-                 lm_iterations=4, adjust_iterations=100, pose_lr=0.01, color_lr=0.01, opacity_lr=0.05,
-                 resolution=256, search_range=10.0, search_steps=5, multiview=None, image=None, mask=None, mask_convention=MASK_LOADIMAGE,
-                 lpips_pretrained=True):
-        from ..mvboost_core.cameras import LGM_FOVY, LGM_RADIUS, Cameras
+        from ..mvboost_core.pipeline import nominal_input_camera, pose_stage_totals
         from ..mvboost_core.pose import PoseOptions, optimize_input_view
 
-        elev = 0.0
+        elevation = None
         if image is not None:
-            img = C.from_comfy_image(image)
-            if img.shape[0] != 1:
-                raise ValueError(f"Optimize Input Pose got {img.shape[0]} images; connect the one input view")
-            img = img[0]
+            img = C.one_image(image, "Optimize Input Pose")
+            alpha = C.object_alpha(mask, mask_convention)
+            if alpha is None and img.shape[-1] == 4:  # an RGBA image carries its own alpha
+                alpha = img[..., 3]
+            img = img[..., :3]
         elif multiview is not None and getattr(multiview, "input_image", None) is not None:
             img = multiview.input_image
-            if multiview.elevation is not None and abs(float(multiview.elevation)) <= 60.0:
-                elev = float(multiview.elevation)
+            alpha = getattr(multiview, "input_alpha", None)  # the mask the CLI uses, framed like the image
+            elevation = multiview.elevation
         else:
             raise ValueError("Optimize Input Pose needs the input view: connect Era3D's 'multiview' or an 'image'")
-        m = None
-        if mask is not None:
-            mm = mask if mask.ndim == 3 else mask[None]
-            if mm.shape[0] != 1:
-                raise ValueError(f"mask batch has {mm.shape[0]} masks; give exactly one")
-            m = (1.0 - mm[0]) if mask_convention == MASK_LOADIMAGE else mm[0]
         opts = PoseOptions(search=bool(pose_search), refine_pose=bool(pose_refine), adjust=bool(adjust_gaussians),
                            pose_iters=int(pose_iterations), lm_iters=int(lm_iterations),
                            adjust_iters=int(adjust_iterations), pose_lr=float(pose_lr), color_lr=float(color_lr),
@@ -92,32 +101,21 @@ class MVBoostOptimizeInputPose:
                            lpips_pretrained=bool(lpips_pretrained),
                            search_elevations=_grid(search_range, search_steps),
                            search_azimuths=_grid(search_range, search_steps))
-        n_search = (len(opts.search_elevations) * len(opts.search_azimuths) * len(opts.search_radius_scales)
-                    * len(opts.search_fovy_offsets) + 1) if opts.search else 0
-        total = {"search": n_search, "pose": (opts.pose_iters + opts.lm_iters) if opts.refine_pose else 0,
-                 "adjust": opts.adjust_iters if opts.adjust else 0}
-        bar = C.ProgressBar(max(1, sum(total.values())))
-        offset = {"search": 0, "pose": total["search"], "adjust": total["search"] + total["pose"]}
-
-        def progress(stage, done, _n):
-            if stage in offset:
-                bar.update_absolute(offset[stage] + done)  # also an interruption point
-
-        import torch
-
+        progress = C.NodeProgress(pose_stage_totals(opts), node_id=cls.hidden.unique_id, title="Optimize Input Pose")
         device = C.get_torch_device()
-        C.check_interrupt()
         # ComfyUI runs every prompt under torch.inference_mode(): leave it (like core's nodes_train.py) and clone the
         # inputs there, since inference tensors cannot take part in backward.
         with torch.inference_mode(False), torch.enable_grad():
             g = gaussians.to(device=device).clone()
-            img = img.to(device).clone()
-            m = None if m is None else m.to(device).clone()
-            H, W = int(img.shape[0]), int(img.shape[1])
-            cam0 = Cameras.orbit([-elev], [0.0], LGM_RADIUS, LGM_FOVY, W, H, device=device)
+            img = img.to(device=device, dtype=torch.float32).clone()
+            m = None if alpha is None else alpha.to(device=device, dtype=torch.float32).clone()
+            if m is not None and tuple(m.shape) != tuple(img.shape[:2]):
+                raise ValueError(f"mask is {list(m.shape)} but the image is {list(img.shape[:2])}; give the mask of "
+                                 "this image (e.g. LoadImage's MASK of the same file)")
+            cam0 = nominal_input_camera(elevation, img.shape[1], img.shape[0], device=device)
             try:
-                g_out, cam, report = optimize_input_view(g, img, m, cam0, opts,
-                                                         progress=progress, check_interrupt=C.check_interrupt)
+                g_out, cam, report = optimize_input_view(g, img, m, cam0, opts, progress=progress.update,
+                                                         check_interrupt=C.check_interrupt)
             except FileNotFoundError as e:
                 if "LPIPS" not in str(e):
                     raise
@@ -128,9 +126,9 @@ class MVBoostOptimizeInputPose:
                 ) from e
         C.soft_empty_cache()
         r = report["renders"]
-        return (g_out.to(device=C.intermediate_device()), cam.to(device=C.intermediate_device()),
-                C.to_comfy_image(r["before"]), C.to_comfy_image(r["after"]), C.to_comfy_image(r["target"]))
+        return io.NodeOutput(g_out.to(device=C.intermediate_device()), cam.to(device=C.intermediate_device()),
+                             C.to_comfy_image(r["before"]), C.to_comfy_image(r["after"]),
+                             C.to_comfy_image(r["target"]))
 
 
-NODE_CLASS_MAPPINGS = {"MVBoostOptimizeInputPose": MVBoostOptimizeInputPose}
-NODE_DISPLAY_NAME_MAPPINGS = {"MVBoostOptimizeInputPose": f"{C.DISPLAY_PREFIX}Optimize Input Pose"}
+NODES = [MVBoostOptimizeInputPose]

@@ -15,7 +15,11 @@ from __future__ import annotations
 import importlib
 import sys
 
+from comfy_api.latest import io
+
 from . import _comfy as C
+
+GaussiansType = io.Custom(C.MVBOOST_GAUSSIANS)
 
 NEEDS = ("this node needs a ComfyUI with the native Gaussian-splat types (the SPLAT type from Comfy-Org/ComfyUI "
          "PR #14190 and the File3D splat types from PR #14194, i.e. a 2026 or newer ComfyUI); {what}. "
@@ -83,26 +87,28 @@ def _convert():
     return splat_convert
 
 
-class MVBoostToComfySplat:
+class MVBoostToComfySplat(io.ComfyNode):
     """MVBOOST_GAUSSIANS -> ComfyUI's native SPLAT."""
 
-    CATEGORY = C.CATEGORY
-    FUNCTION = "convert"
-    DESCRIPTION = ("Converts MVBoost Gaussians into ComfyUI's native splat (ComfyUI 2026+), for Render Splat, "
-                   "Extract Mesh from Splat, Create 3D File (from Splat) -> Preview Splat / Save 3D Model.")
-    RETURN_TYPES = (SPLAT_TYPE,)
-    RETURN_NAMES = ("splat",)
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MVBoostToComfySplat",
+            display_name=f"{C.DISPLAY_PREFIX}To ComfyUI Splat",
+            category=C.CATEGORY,
+            description=("Converts MVBoost Gaussians into ComfyUI's native splat (ComfyUI 2026+), for Render Splat, "
+                         "Extract Mesh from Splat, Create 3D File (from Splat) -> Preview Splat / Save 3D Model."),
+            inputs=[
+                GaussiansType.Input("gaussians"),
+                io.Boolean.Input("convert_axes", default=True, optional=True,
+                                 tooltip="Rotate LGM's y-up world into ComfyUI's 3DGS splat frame (y down), so core "
+                                         "viewers and Extract Mesh show it upright."),
+            ],
+            outputs=[io.Custom(SPLAT_TYPE).Output(display_name="splat")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {"gaussians": (C.MVBOOST_GAUSSIANS,)},
-            "optional": {"convert_axes": ("BOOLEAN", {"default": True, "tooltip":
-                                                      "Rotate LGM's y-up world into ComfyUI's 3DGS splat frame "
-                                                      "(y down), so core viewers and Extract Mesh show it upright."})},
-        }
-
-    def convert(self, gaussians, convert_axes=True):
+    def execute(cls, gaussians, convert_axes=True) -> io.NodeOutput:
         splat_cls = host_splat_class()
         if splat_cls is None:
             raise RuntimeError(NEEDS.format(what="this ComfyUI has no SPLAT type"))
@@ -110,33 +116,34 @@ class MVBoostToComfySplat:
         if not isinstance(gaussians, sc.Gaussians):
             raise TypeError(f"expected MVBOOST_GAUSSIANS, got {type(gaussians).__name__}")
         t = sc.to_splat_tensors(gaussians.to(device=C.intermediate_device()), flip=bool(convert_axes))
-        return (splat_cls(t.positions, t.scales, t.rotations, t.opacities, t.sh),)
+        return io.NodeOutput(splat_cls(t.positions, t.scales, t.rotations, t.opacities, t.sh))
 
 
-class MVBoostFromComfySplat:
+class MVBoostFromComfySplat(io.ComfyNode):
     """ComfyUI's native SPLAT -> MVBOOST_GAUSSIANS (one batch item; SH beyond the DC term is dropped)."""
 
-    CATEGORY = C.CATEGORY
-    FUNCTION = "convert"
-    DESCRIPTION = ("Converts a ComfyUI native splat (e.g. from TripoSplat or Get Splat) into MVBoost Gaussians for "
-                   "Render Gaussians, Optimize Input Pose and Save Gaussians. Only the base colour (SH DC) is kept.")
-    RETURN_TYPES = (C.MVBOOST_GAUSSIANS,)
-    RETURN_NAMES = ("gaussians",)
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MVBoostFromComfySplat",
+            display_name=f"{C.DISPLAY_PREFIX}From ComfyUI Splat",
+            category=C.CATEGORY,
+            description=("Converts a ComfyUI native splat (e.g. from TripoSplat or Get Splat) into MVBoost Gaussians "
+                         "for Render Gaussians, Optimize Input Pose and Save Gaussians. Only the base colour (SH DC) "
+                         "is kept."),
+            inputs=[
+                io.Custom(SPLAT_TYPE).Input("splat"),
+                io.Int.Input("index", default=0, min=0, max=4095, step=1, optional=True,
+                             tooltip="Which item of a batched splat to convert."),
+                io.Boolean.Input("convert_axes", default=True, optional=True,
+                                 tooltip="Rotate ComfyUI's 3DGS splat frame (y down) into LGM's y-up world (what "
+                                         "Render Gaussians and Optimize Input Pose expect)."),
+            ],
+            outputs=[GaussiansType.Output(display_name="gaussians")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {"splat": (SPLAT_TYPE,)},
-            "optional": {
-                "index": ("INT", {"default": 0, "min": 0, "max": 4095, "step": 1,
-                                  "tooltip": "Which item of a batched splat to convert."}),
-                "convert_axes": ("BOOLEAN", {"default": True, "tooltip":
-                                             "Rotate ComfyUI's 3DGS splat frame (y down) into LGM's y-up world "
-                                             "(what Render Gaussians and Optimize Input Pose expect)."}),
-            },
-        }
-
-    def convert(self, splat, index=0, convert_axes=True):
+    def execute(cls, splat, index=0, convert_axes=True) -> io.NodeOutput:
         missing = [f for f in _FIELDS if not hasattr(splat, f)]
         if missing:
             if host_splat_class() is None:
@@ -145,14 +152,7 @@ class MVBoostFromComfySplat:
                             f"{type(splat).__name__} lacks {missing}")
         g = _convert().from_splat_tensors(*(getattr(splat, f) for f in _FIELDS), getattr(splat, "counts", None),
                                           index=int(index), flip=bool(convert_axes))
-        return (g,)
+        return io.NodeOutput(g)
 
 
-NODE_CLASS_MAPPINGS = {
-    "MVBoostToComfySplat": MVBoostToComfySplat,
-    "MVBoostFromComfySplat": MVBoostFromComfySplat,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "MVBoostToComfySplat": "MVBoost: To ComfyUI Splat",
-    "MVBoostFromComfySplat": "MVBoost: From ComfyUI Splat",
-}
+NODES = [MVBoostToComfySplat, MVBoostFromComfySplat]

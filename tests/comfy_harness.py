@@ -1,68 +1,63 @@
-"""ComfyUI contract harness: load this repository the way ComfyUI does and run API-format workflows.
+"""ComfyUI contract harness (fast, in-process): load this repository the way ComfyUI does and run API workflows.
 
-Nothing from ComfyUI is imported or vendored. Minimal stand-ins (written from ComfyUI v0.3.64's documented
-behaviour: ``folder_paths.py``, ``comfy/utils.py``, ``comfy/model_management.py``, ``nodes.py``) are put into
-``sys.modules`` for the duration of one test, all rooted in that test's ``tmp_path``:
+The real thing is tested by ``test_comfy_server.py`` / ``test_comfy_frontend.py`` (the vendored ComfyUI server and
+its frontends in Chromium). This harness is for quick checks inside pytest and uses **ComfyUI's own modules** from the
+vendored copy (``../shared/comfyui``, or ``$MVBOOST_COMFYUI``): ``comfy_api.latest`` (the V3 node API the pack is
+written against), ``folder_paths``, ``comfy.utils`` (ProgressBar), ``comfy.model_management`` (interruption, devices,
+``load_models_gpu``) and ``comfy.model_patcher``. The ComfyUI root is *appended* to ``sys.path`` (the repository's own
+``nodes`` package keeps its name) and ``comfy.cli_args.args.cpu`` is set before ``comfy.model_management`` loads.
 
-* ``folder_paths``: ``models_dir``, ``folder_names_and_paths``, ``add_model_folder_path``, ``get_folder_paths``,
-  ``get_filename_list``, ``get_full_path`` (files only, ``..`` stripped), ``get_full_path_or_raise``,
-  ``get_input/output/temp_directory``, ``get_annotated_filepath`` (``"x.png [output]"``),
-  ``exists_annotated_filepath``, ``filter_files_content_types``, ``get_save_image_path`` (same counter rules and the
-  same "Saving image outside the output folder is not allowed." exception);
-* ``comfy.utils.ProgressBar`` with a global hook that, like ComfyUI's server hook, records every update and calls
-  ``throw_exception_if_processing_interrupted`` (so each update is an interruption point);
-* ``comfy.model_management``: ``get_torch_device`` (cpu), ``intermediate_device``, ``unet_offload_device``,
-  ``soft_empty_cache``, ``processing_interrupted``, ``interrupt_current_processing``,
-  ``throw_exception_if_processing_interrupted``, ``InterruptProcessingException``;
-* core nodes used by example workflows: ``LoadImage`` (IMAGE + MASK = 1 - alpha, like core), ``PreviewImage``,
-  ``SaveImage``, ``InvertMask``.
+Per test (``comfy_env`` fixture), the real modules are re-pointed at ``tmp_path/comfy`` with ``monkeypatch``
+(``folder_paths`` output / input / temp directories, ``models_dir`` and every model folder, the filename cache; the
+progress-bar hook; the interrupt flag) and restored afterwards.
+
+Stand-ins remain only for the core *nodes* our example workflows use (``LoadImage`` with IMAGE + MASK = 1 - alpha,
+``PreviewImage``, ``SaveImage``, ``InvertMask``): importing ComfyUI's ``nodes.py`` in-process would shadow the
+pack's ``nodes`` package. The real server test runs the real ones.
 
 How to use it from a test (fixtures must be imported into the test module; conftest.py stays untouched)::
 
     from comfy_harness import comfy_env  # noqa: F401  (pytest fixture)
 
     def test_my_workflow(comfy_env):
-        (comfy_env.models_dir / "lgm").mkdir(parents=True, exist_ok=True)
         write_tiny_lgm(comfy_env.models_dir / "lgm" / "tiny.safetensors")      # your own helper
-        (comfy_env.models_dir / "era3d" / "tiny_era3d").mkdir(parents=True)     # a diffusers folder
         shutil.copy(some_png, comfy_env.input_dir / "cat.png")
         res = comfy_env.run_workflow("workflows/api/image_to_gaussians.json",
                                      overrides={"3": {"model_name": "tiny.safetensors"}})
         gaussians = res.output("5", 0)        # first output of node "5"
-        assert res.ui["7"]["images"]          # OUTPUT_NODE ui dicts, merged per key
-        assert (comfy_env.output_dir / res.output("7", 0)).exists()
+        assert res.ui["7"]["images"]          # output nodes' ui dicts, merged per key
 
-``comfy_env`` attributes: ``nodes`` (the pack's NODE_CLASS_MAPPINGS), ``display_names``, ``all_nodes`` (pack +
-core stand-ins), ``package`` (the extension module, loaded under a path-derived name like ComfyUI does),
-``core`` (that package's own ``mvboost_core``: use ``comfy_env.core.gaussians.Gaussians`` etc. when building
-objects for nodes, it is a different module object than a top-level ``import mvboost_core``), ``base_dir``,
-``models_dir``, ``input_dir``, ``output_dir``, ``temp_dir``, ``progress`` (list of ``(value, total)`` updates),
-``interrupt()`` (make the next interruption check raise ``env.InterruptProcessingException``),
-``run_workflow(path_or_dict, overrides=None)``, ``run_node(class_type, **inputs)`` and ``validate_node(node_id)``.
+``comfy_env`` attributes: ``nodes`` (node id -> the pack's ``io.ComfyNode`` class, from ``comfy_entrypoint``),
+``display_names``, ``all_nodes`` (pack + core stand-ins), ``package`` (the extension module, loaded under a
+path-derived name like ComfyUI does), ``core`` (that package's own ``mvboost_core``: use
+``comfy_env.core.gaussians.Gaussians`` etc. when building objects for nodes), ``base_dir``, ``models_dir``,
+``input_dir``, ``output_dir``, ``temp_dir``, ``folder_paths`` / ``utils`` / ``model_management`` (the real modules),
+``modules`` (the same by ``sys.modules`` name), ``progress`` (list of ``(value, total)`` updates), ``texts`` (progress
+texts sent to the node, ``(node_id, text)``), ``interrupt()``, ``run_workflow(path_or_dict, overrides=None)``,
+``run_node(class_type, **inputs)`` and ``validate_node(node_id)``.
 
-``comfy_env_2026`` is the same on a host with ComfyUI 2026's native splat stack: stand-ins for
-``comfy_api.latest`` (``Types.SPLAT``, ``Types.File3D``, ``IO.Splat``, ``IO.File3DSplatAny``) and the core nodes
-``File3DToSplat`` / ``SplatToFile3D`` (parsing/writing .ply, .splat, .spz with core's documented rules).
+``comfy_env_2026`` is the same on a host with ComfyUI 2026's native splat stack: the real ``comfy_api.latest``
+extended with ``Types.SPLAT`` / ``Types.File3D`` / ``io.Splat`` / ``io.File3DSplatAny`` stand-ins (written from the
+2026 source's documented behaviour) and the core nodes ``File3DToSplat`` / ``SplatToFile3D``.
 
 ``run_workflow`` validates like ComfyUI before running (unknown class, missing required input, link type
-mismatch, combo value not in list, INT/FLOAT outside min/max, ``VALIDATE_INPUTS``, no output node) and raises
-``WorkflowError`` listing every problem; then it executes the output nodes and their ancestors in dependency order,
-calls ``FUNCTION`` with the (coerced) widget values, hidden inputs and linked outputs, checks the output arity
-against ``RETURN_TYPES``, that ui dicts are JSON-serialisable and that no node mutated a tensor it received
-(``Tensor._version``). List semantics
-(``INPUT_IS_LIST`` / ``OUTPUT_IS_LIST``) follow ComfyUI's map-over-list rule.
+mismatch, combo value not in list, INT/FLOAT outside min/max, ``validate_inputs`` / ``VALIDATE_INPUTS``, no output
+node) and raises ``WorkflowError`` listing every problem; then it executes the output nodes and their ancestors in
+dependency order under ``torch.inference_mode()`` (as ComfyUI's executor does), V3 nodes through
+``PREPARE_CLASS_CLONE`` + ``EXECUTE_NORMALIZED`` with their hidden inputs, checks the output arity, that ui dicts are
+JSON-serialisable and that no node mutated a tensor it received. List semantics (``INPUT_IS_LIST`` /
+``OUTPUT_IS_LIST``) follow ComfyUI's map-over-list rule.
 """
 from __future__ import annotations
 
+import asyncio
 import copy
 import importlib.util
 import inspect
 import json
-import mimetypes
 import os
 import sys
 import threading
-import time
 import types
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -71,6 +66,7 @@ from typing import Any
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+COMFYUI_ROOT = Path(os.environ.get("MVBOOST_COMFYUI", REPO_ROOT.parent / "shared" / "comfyui"))
 
 # Types produced/consumed by ComfyUI core that our nodes may use (everything else must be a MVBOOST_* type).
 CORE_TYPES = {
@@ -92,256 +88,53 @@ class WorkflowError(Exception):
         super().__init__("workflow validation failed:\n  " + "\n  ".join(errors))
 
 
-# ============================================================================ ComfyUI stand-ins
-class InterruptProcessingException(Exception):
-    """Stand-in for comfy.model_management.InterruptProcessingException."""
+# ============================================================================ ComfyUI's own modules
+_COMFY_LOCK = threading.Lock()
 
 
-def _make_model_management() -> types.ModuleType:
-    import torch
+def comfyui_modules() -> dict[str, types.ModuleType]:
+    """Import ComfyUI's real service modules from :data:`COMFYUI_ROOT` once (CPU mode) and return them by name.
 
-    mm = types.ModuleType("comfy.model_management")
-    mm.InterruptProcessingException = InterruptProcessingException
-    mm.interrupt_processing_mutex = threading.RLock()
-    mm.interrupt_processing = False
-    mm.OOM_EXCEPTION = torch.cuda.OutOfMemoryError if hasattr(torch.cuda, "OutOfMemoryError") else MemoryError
+    Skips the calling test with a clear message when the vendored ComfyUI is absent (CI always has it).
+    """
+    with _COMFY_LOCK:
+        if not (COMFYUI_ROOT / "comfy_api" / "latest" / "__init__.py").is_file():
+            pytest.skip(f"the vendored ComfyUI is not at {COMFYUI_ROOT} (set MVBOOST_COMFYUI); CI always has it")
+        root = str(COMFYUI_ROOT)
+        if root not in sys.path:
+            sys.path.append(root)  # appended: the repository's own top-level names (nodes/) keep precedence
+        import comfy.cli_args
 
-    def interrupt_current_processing(value=True):
-        with mm.interrupt_processing_mutex:
-            mm.interrupt_processing = value
+        comfy.cli_args.args.cpu = True  # read by comfy.model_management at import
+        import comfy.model_management
+        import comfy.model_patcher
+        import comfy.utils
+        import comfy_api.latest
+        import folder_paths
 
-    def processing_interrupted():
-        with mm.interrupt_processing_mutex:
-            return mm.interrupt_processing
-
-    def throw_exception_if_processing_interrupted():
-        with mm.interrupt_processing_mutex:
-            if mm.interrupt_processing:
-                mm.interrupt_processing = False
-                raise InterruptProcessingException()
-
-    mm.interrupt_current_processing = interrupt_current_processing
-    mm.processing_interrupted = processing_interrupted
-    mm.throw_exception_if_processing_interrupted = throw_exception_if_processing_interrupted
-    mm.get_torch_device = lambda: torch.device("cpu")
-    mm.intermediate_device = lambda: torch.device("cpu")
-    mm.unet_offload_device = lambda: torch.device("cpu")
-    mm.vae_device = lambda: torch.device("cpu")
-    mm.text_encoder_device = lambda: torch.device("cpu")
-    mm.soft_empty_cache = lambda force=False: None
-    mm.unload_all_models = lambda: None
-    mm.free_memory = lambda memory_required, device, keep_loaded=[]: None
-    mm.module_size = lambda module: sum(p.numel() * p.element_size() for p in module.parameters())
-    mm.should_use_fp16 = lambda device=None, model_params=0, prioritize_performance=True, manual_cast=False: False
-    mm.should_use_bf16 = lambda device=None, model_params=0, prioritize_performance=True, manual_cast=False: False
-    mm.get_free_memory = lambda dev=None, torch_free_too=False: 8 * 1024**3
-    return mm
+        return {"folder_paths": folder_paths, "comfy.utils": comfy.utils,
+                "comfy.model_management": comfy.model_management, "comfy.model_patcher": comfy.model_patcher,
+                "comfy_api.latest": comfy_api.latest}
 
 
-def _make_comfy_utils(progress_log: list, mm: types.ModuleType) -> types.ModuleType:
-    cu = types.ModuleType("comfy.utils")
-    cu.PROGRESS_BAR_ENABLED = True
-
-    def hook(value, total, preview, node_id=None):
-        # like main.hijack_progress: every update is an interruption point
-        mm.throw_exception_if_processing_interrupted()
-        progress_log.append((value, total))
-
-    cu.PROGRESS_BAR_HOOK = hook
-
-    def set_progress_bar_global_hook(function):
-        cu.PROGRESS_BAR_HOOK = function
-
-    class ProgressBar:
-        def __init__(self, total, node_id=None):
-            self.total = total
-            self.current = 0
-            self.hook = cu.PROGRESS_BAR_HOOK
-            self.node_id = node_id
-
-        def update_absolute(self, value, total=None, preview=None):
-            if total is not None:
-                self.total = total
-            if value > self.total:
-                value = self.total
-            self.current = value
-            if self.hook is not None:
-                self.hook(self.current, self.total, preview, node_id=self.node_id)
-
-        def update(self, value):
-            self.update_absolute(self.current + value)
-
-    def load_torch_file(ckpt, safe_load=False, device=None, return_metadata=False):
-        import torch
-
-        if str(ckpt).lower().endswith((".safetensors", ".sft")):
-            import safetensors.torch
-
-            sd = safetensors.torch.load_file(str(ckpt), device=str(device or "cpu"))
-            if return_metadata:
-                from safetensors import safe_open
-
-                with safe_open(str(ckpt), framework="pt") as f:
-                    return sd, f.metadata()
-            return sd
-        sd = torch.load(ckpt, map_location=device or "cpu", weights_only=True)
-        return (sd, None) if return_metadata else sd
-
-    cu.set_progress_bar_global_hook = set_progress_bar_global_hook
-    cu.ProgressBar = ProgressBar
-    cu.load_torch_file = load_torch_file
-    return cu
-
-
-def _make_folder_paths(base: Path) -> types.ModuleType:
-    fp = types.ModuleType("folder_paths")
-    fp.base_path = str(base)
-    fp.models_dir = str(base / "models")
-    fp.supported_pt_extensions = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
-    fp.folder_names_and_paths = {
-        "checkpoints": ([os.path.join(fp.models_dir, "checkpoints")], set(fp.supported_pt_extensions)),
-        "loras": ([os.path.join(fp.models_dir, "loras")], set(fp.supported_pt_extensions)),
-        "diffusers": ([os.path.join(fp.models_dir, "diffusers")], ["folder"]),
-        "custom_nodes": ([os.path.join(str(base), "custom_nodes")], set()),
-    }
-    fp.output_directory = str(base / "output")
-    fp.input_directory = str(base / "input")
-    fp.temp_directory = str(base / "temp")
-    for d in (fp.output_directory, fp.input_directory, fp.temp_directory):
-        os.makedirs(d, exist_ok=True)
-
-    def map_legacy(name):
-        return {"unet": "diffusion_models", "clip": "text_encoders"}.get(name, name)
-
-    def get_output_directory():
-        return fp.output_directory
-
-    def get_input_directory():
-        return fp.input_directory
-
-    def get_temp_directory():
-        return fp.temp_directory
-
-    def get_directory_by_type(type_name):
-        return {"output": fp.output_directory, "temp": fp.temp_directory, "input": fp.input_directory}.get(type_name)
-
-    def annotated_filepath(name):
-        for tag, d in (("[output]", fp.output_directory), ("[input]", fp.input_directory),
-                       ("[temp]", fp.temp_directory)):
-            if name.endswith(tag):
-                return name[: -(len(tag) + 1)], d
-        return name, None
-
-    def get_annotated_filepath(name, default_dir=None):
-        name, base_dir = annotated_filepath(name)
-        if base_dir is None:
-            base_dir = default_dir if default_dir is not None else fp.input_directory
-        return os.path.join(base_dir, name)
-
-    def exists_annotated_filepath(name):
-        name, base_dir = annotated_filepath(name)
-        return os.path.exists(os.path.join(base_dir or fp.input_directory, name))
-
-    def filter_files_content_types(files, content_types):
-        out = []
-        for f in files:
-            mime, _ = mimetypes.guess_type(f, strict=False)
-            ext = f.split(".")[-1].lower()
-            kind = "image" if ext == "webp" else "model" if ext == "fbx" else (mime.split("/")[0] if mime else None)
-            if kind in content_types:
-                out.append(f)
-        return out
-
-    def add_model_folder_path(folder_name, full_folder_path, is_default=False):
-        folder_name = map_legacy(folder_name)
-        if folder_name in fp.folder_names_and_paths:
-            paths, _ = fp.folder_names_and_paths[folder_name]
-            if full_folder_path in paths:
-                if is_default and paths[0] != full_folder_path:
-                    paths.remove(full_folder_path)
-                    paths.insert(0, full_folder_path)
-            elif is_default:
-                paths.insert(0, full_folder_path)
-            else:
-                paths.append(full_folder_path)
-        else:
-            fp.folder_names_and_paths[folder_name] = ([full_folder_path], set())
-
-    def get_folder_paths(folder_name):
-        return fp.folder_names_and_paths[map_legacy(folder_name)][0][:]  # KeyError like ComfyUI
-
-    def get_filename_list(folder_name):
-        paths, exts = fp.folder_names_and_paths[map_legacy(folder_name)]  # KeyError like ComfyUI
-        out = set()
-        for root in paths:
-            if not os.path.isdir(root):
-                continue
-            for dirpath, subdirs, files in os.walk(root, followlinks=True):
-                subdirs[:] = [d for d in subdirs if d != ".git"]
-                for f in files:
-                    rel = os.path.relpath(os.path.join(dirpath, f), root)
-                    if len(exts) == 0 or os.path.splitext(rel)[-1].lower() in exts:
-                        out.add(rel)
-        return sorted(out)
-
-    def get_full_path(folder_name, filename):
-        folder_name = map_legacy(folder_name)
-        if folder_name not in fp.folder_names_and_paths:
-            return None
-        filename = os.path.relpath(os.path.join("/", filename), "/")
-        for root in fp.folder_names_and_paths[folder_name][0]:
-            full = os.path.join(root, filename)
-            if os.path.isfile(full):
-                return full
-        return None
-
-    def get_full_path_or_raise(folder_name, filename):
-        p = get_full_path(folder_name, filename)
-        if p is None:
-            raise FileNotFoundError(f"Model in folder '{folder_name}' with filename '{filename}' not found.")
-        return p
-
-    def get_save_image_path(filename_prefix, output_dir, image_width=0, image_height=0):
-        def map_filename(filename):
-            prefix_len = len(os.path.basename(filename_prefix))
-            prefix = filename[: prefix_len + 1]
-            try:
-                digits = int(filename[prefix_len + 1:].split("_")[0])
-            except Exception:
-                digits = 0
-            return digits, prefix
-
-        if "%" in filename_prefix:
-            now = time.localtime()
-            for k, v in (("%width%", str(image_width)), ("%height%", str(image_height)),
-                         ("%year%", str(now.tm_year)), ("%month%", str(now.tm_mon).zfill(2)),
-                         ("%day%", str(now.tm_mday).zfill(2)), ("%hour%", str(now.tm_hour).zfill(2)),
-                         ("%minute%", str(now.tm_min).zfill(2)), ("%second%", str(now.tm_sec).zfill(2))):
-                filename_prefix = filename_prefix.replace(k, v)
-        subfolder = os.path.dirname(os.path.normpath(filename_prefix))
-        filename = os.path.basename(os.path.normpath(filename_prefix))
-        full_output_folder = os.path.join(output_dir, subfolder)
-        if os.path.commonpath((output_dir, os.path.abspath(full_output_folder))) != output_dir:
-            raise Exception(
-                "**** ERROR: Saving image outside the output folder is not allowed."
-                f"\n full_output_folder: {os.path.abspath(full_output_folder)}\n         output_dir: {output_dir}"
-            )
-        try:
-            counter = max(
-                filter(lambda a: os.path.normcase(a[1][:-1]) == os.path.normcase(filename) and a[1][-1] == "_",
-                       map(map_filename, os.listdir(full_output_folder)))
-            )[0] + 1
-        except ValueError:
-            counter = 1
-        except FileNotFoundError:
-            os.makedirs(full_output_folder, exist_ok=True)
-            counter = 1
-        return full_output_folder, filename, counter, subfolder, filename_prefix
-
-    for name, obj in list(locals().items()):
-        if callable(obj) and not name.startswith("_") and name != "fp":
-            setattr(fp, name, obj)
-    return fp
+def _point_folder_paths(fp, base: Path, monkeypatch) -> None:
+    """Re-root ComfyUI's real ``folder_paths`` at ``base`` (models, input, output, temp, user) for one test."""
+    old_models = fp.models_dir
+    new_models = str(base / "models")
+    remapped = {}
+    for name, (paths, exts) in fp.folder_names_and_paths.items():
+        new_paths = [p.replace(old_models, new_models, 1) if p.startswith(old_models) else p for p in paths]
+        if name == "custom_nodes":
+            new_paths = [str(base / "custom_nodes")]
+        remapped[name] = (new_paths, type(exts)(exts))
+    monkeypatch.setattr(fp, "folder_names_and_paths", remapped)
+    monkeypatch.setattr(fp, "models_dir", new_models)
+    monkeypatch.setattr(fp, "base_path", str(base))
+    monkeypatch.setattr(fp, "filename_list_cache", {})
+    for attr, sub in (("output_directory", "output"), ("input_directory", "input"), ("temp_directory", "temp"),
+                      ("user_directory", "user")):
+        monkeypatch.setattr(fp, attr, str(base / sub))
+        (base / sub).mkdir(parents=True, exist_ok=True)
 
 
 # ----------------------------------------------------------------------------- core node stand-ins
@@ -487,7 +280,7 @@ def _input_spec(spec) -> tuple[Any, dict]:
 
 
 def check_node_contract(node_id: str, cls, display_name: str | None, pack_node: bool = True) -> list[str]:
-    """Return every contract violation of one V1 node class (empty list = OK)."""
+    """Return every contract violation of one node class, V3 (``io.ComfyNode``) or V1 (empty list = OK)."""
     errs: list[str] = []
     where = f"{node_id}:"
     if pack_node:
@@ -533,7 +326,17 @@ def check_node_contract(node_id: str, cls, display_name: str | None, pack_node: 
                 if all(k in opts for k in ("default", "min", "max")) and not (
                         opts["min"] <= opts["default"] <= opts["max"]):
                     errs.append(f"{where} {iname!r} default {opts['default']} outside [{opts['min']}, {opts['max']}]")
+    v3 = is_v3(cls)
+    if v3:
+        try:
+            schema = cls.GET_SCHEMA()  # validates ids (unique across inputs and outputs) like ComfyUI's loader
+        except Exception as exc:
+            return errs + [f"{where} define_schema()/validate raised {type(exc).__name__}: {exc}"]
+        if schema.node_id != node_id:
+            errs.append(f"{where} schema.node_id is {schema.node_id!r}")
     rt = getattr(cls, "RETURN_TYPES", None)
+    if v3 and isinstance(rt, list):  # V3 classes expose lists
+        rt = tuple(rt)
     if not isinstance(rt, tuple):
         errs.append(f"{where} RETURN_TYPES must be a tuple, got {rt!r}")
         rt = ()
@@ -544,6 +347,8 @@ def check_node_contract(node_id: str, cls, display_name: str | None, pack_node: 
             errs.append(f"{where} output type {t!r} is unknown (custom types must be one of {sorted(MVBOOST_TYPES)})")
     for attr in ("RETURN_NAMES", "OUTPUT_IS_LIST", "OUTPUT_TOOLTIPS"):
         v = getattr(cls, attr, None)
+        if v3 and isinstance(v, list):
+            v = tuple(v)
         if v is not None and (not isinstance(v, tuple) or len(v) != len(rt)):
             errs.append(f"{where} {attr} must be a tuple of len(RETURN_TYPES)={len(rt)}, got {v!r}")
     fn = getattr(cls, "FUNCTION", None)
@@ -606,6 +411,29 @@ def _dataclass_ids(value) -> list:
     return []
 
 
+def _validate_fn(cls):
+    """The node's input validator: V3 ``validate_inputs`` when overridden, V1 ``VALIDATE_INPUTS``."""
+    if is_v3(cls):
+        from comfy_api.internal import first_real_override
+
+        return first_real_override(cls, "validate_inputs")
+    return getattr(cls, "VALIDATE_INPUTS", None)
+
+
+def _normalize_output(r):
+    """A V3 ``NodeOutput`` -> the V1 form ``{"ui": dict|None, "result": tuple}`` (ui objects via ``as_dict()``)."""
+    from comfy_api.latest import io as _io
+
+    if isinstance(r, _io.NodeOutput):
+        ui = r.ui
+        if ui is not None and not isinstance(ui, dict):
+            ui = ui.as_dict()
+        if r.expand is not None:
+            raise NotImplementedError("node expansion is not supported by the harness")
+        return {"ui": ui, "result": tuple(r.args)}
+    return r
+
+
 class WorkflowResult:
     """Outputs of one run: ``outputs[node_id]`` = tuple of lists (one list per output); ``ui[node_id]``."""
 
@@ -620,12 +448,36 @@ class WorkflowResult:
         return vals[0] if len(vals) == 1 else vals
 
 
+def node_classes(package: types.ModuleType) -> dict:
+    """``{node_id: io.ComfyNode class}`` the way ComfyUI's V3 loader gets them: ``await comfy_entrypoint()`` ->
+    ``await extension.get_node_list()``, keyed by ``schema.node_id``."""
+    async def _get():
+        ext = package.comfy_entrypoint()
+        ext = await ext if inspect.isawaitable(ext) else ext
+        return await ext.get_node_list()
+
+    out = {}
+    for cls in asyncio.run(_get()):
+        out[cls.GET_SCHEMA().node_id] = cls
+    return out
+
+
+def combo_options(cls, name: str) -> list:
+    """The options of combo input ``name`` of a node class (V3 ``("COMBO", {"options": [...]})`` or V1 list)."""
+    it = cls.INPUT_TYPES()
+    spec = {**(it.get("required") or {}), **(it.get("optional") or {})}[name]
+    typ, _opts = _input_spec(spec)
+    return list(typ)
+
+
+def is_v3(cls) -> bool:
+    return hasattr(cls, "define_schema") and hasattr(cls, "PREPARE_CLASS_CLONE")
+
+
 class ComfyEnv:
     """A throwaway ComfyUI 'installation' rooted in a tmp dir, with the pack loaded. See module docstring."""
 
-    InterruptProcessingException = InterruptProcessingException
-
-    def __init__(self, base_dir: Path, package: types.ModuleType):
+    def __init__(self, base_dir: Path, package: types.ModuleType, monkeypatch):
         self.base_dir = Path(base_dir)
         self.models_dir = self.base_dir / "models"
         self.input_dir = self.base_dir / "input"
@@ -635,19 +487,31 @@ class ComfyEnv:
         self.core = sys.modules.get(package.__name__ + ".mvboost_core")
         if self.core is None:
             self.core = importlib.import_module(package.__name__ + ".mvboost_core")
-        self.progress: list[tuple[int, int]] = []
-        self.model_management = _make_model_management()
-        self.utils = _make_comfy_utils(self.progress, self.model_management)
-        self.folder_paths = _make_folder_paths(self.base_dir)
-        comfy = types.ModuleType("comfy")
-        comfy.__path__ = []  # a namespace-like package so `import comfy.utils` resolves via sys.modules
-        comfy.utils = self.utils
-        comfy.model_management = self.model_management
-        self.modules = {"comfy": comfy, "comfy.utils": self.utils,
-                        "comfy.model_management": self.model_management, "folder_paths": self.folder_paths}
+        self.modules = comfyui_modules()
+        self.folder_paths = self.modules["folder_paths"]
+        self.utils = self.modules["comfy.utils"]
+        self.model_management = mm = self.modules["comfy.model_management"]
+        self.InterruptProcessingException = mm.InterruptProcessingException
+        _point_folder_paths(self.folder_paths, self.base_dir, monkeypatch)
         self.models_dir.mkdir(parents=True, exist_ok=True)
-        self.nodes: dict = dict(package.NODE_CLASS_MAPPINGS)
-        self.display_names: dict = dict(package.NODE_DISPLAY_NAME_MAPPINGS)
+        self.progress: list[tuple[int, int]] = []
+        self.texts: list[tuple[str, str]] = []
+
+        def hook(value, total, preview, prompt_id=None, node_id=None):
+            # like main.hijack_progress: every update is an interruption point
+            mm.throw_exception_if_processing_interrupted()
+            self.progress.append((value, total))
+
+        monkeypatch.setattr(self.utils, "PROGRESS_BAR_HOOK", hook)
+        monkeypatch.setattr(mm, "interrupt_processing", False)
+        # progress texts: the pack sends them through server.PromptServer.instance.send_progress_text
+        server = types.ModuleType("server")
+        server.PromptServer = type("PromptServer", (), {})
+        server.PromptServer.instance = types.SimpleNamespace(
+            send_progress_text=lambda text, node_id, sid=None: self.texts.append((str(node_id), text)))
+        monkeypatch.setitem(sys.modules, "server", server)
+        self.nodes: dict = node_classes(package)
+        self.display_names: dict = {k: v.GET_SCHEMA().display_name for k, v in self.nodes.items()}
         self.core_nodes = _core_nodes(lambda: self.folder_paths)
         self.all_nodes = {**self.core_nodes, **self.nodes}
         self._instances: dict[str, Any] = {}
@@ -702,7 +566,7 @@ class ComfyEnv:
             spec_all = {**(it.get("required") or {}), **(it.get("optional") or {})}
             inputs = dict(node.get("inputs", {}))
             lits = literal_inputs.get(nid, {})
-            vfn = getattr(cls, "VALIDATE_INPUTS", None)
+            vfn = _validate_fn(cls)
             vparams = set(inspect.signature(vfn).parameters) if vfn else set()
             v_kwargs = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(vfn).parameters.values()) if vfn else False
             out: dict[str, Any] = {}
@@ -768,7 +632,7 @@ class ComfyEnv:
                 try:
                     r = vfn(**args)
                 except Exception as exc:
-                    r = f"VALIDATE_INPUTS raised {exc!r}"
+                    r = f"validate_inputs raised {exc!r}"
                 if r is not True:
                     errors.append(f"node {nid} ({ct}): {r}")
             coerced[nid] = out
@@ -814,14 +678,24 @@ class ComfyEnv:
             inputs: dict[str, list] = {}
             for k, v in coerced[nid].items():
                 inputs[k] = list(result.outputs[v[0]][v[1]]) if _is_link(v) else [v]
-            hidden = {}
-            for k, kind in (it.get("hidden") or {}).items():
-                hidden[k] = {"UNIQUE_ID": nid, "PROMPT": wf, "EXTRA_PNGINFO": {}, "DYNPROMPT": None}.get(kind)
-            obj = self._instances.get(nid)
-            if obj is None or type(obj) is not cls:
-                obj = cls()
-                self._instances[nid] = obj
-            fn = getattr(obj, cls.FUNCTION)
+            hidden_values = {"UNIQUE_ID": nid, "PROMPT": wf, "EXTRA_PNGINFO": {}, "DYNPROMPT": None}
+            if is_v3(cls):  # like execution.py: a class clone carrying the hidden inputs, the locked classmethod
+                from comfy_api.internal import make_locked_method_func
+                from comfy_api.latest import io as _io
+
+                hidden = {}
+                cls.VALIDATE_CLASS()
+                clone = cls.PREPARE_CLASS_CLONE({h: hidden_values.get(h.value) for h in _io.Hidden})
+                fn = make_locked_method_func(cls, cls.FUNCTION, clone)
+            else:
+                hidden = {}
+                for k, kind in (it.get("hidden") or {}).items():
+                    hidden[k] = hidden_values.get(kind)
+                obj = self._instances.get(nid)
+                if obj is None or type(obj) is not cls:
+                    obj = cls()
+                    self._instances[nid] = obj
+                fn = getattr(obj, cls.FUNCTION)
             in_list = getattr(cls, "INPUT_IS_LIST", False)
             calls = []
             if in_list:
@@ -843,6 +717,7 @@ class ComfyEnv:
 
                 with torch.inference_mode():  # like ComfyUI's executor (execution.py): nodes needing autograd leave it
                     r = fn(**kw)
+                r = _normalize_output(r)
                 for t, ver in snaps:
                     if (not _same_values(t, ver)) if isinstance(ver, torch.Tensor) else t._version != ver:
                         raise AssertionError(f"node {nid} ({ct}) modified an input tensor in place "
@@ -912,20 +787,22 @@ class File3DStandIn:
 
 
 def make_comfy_api_2026() -> dict[str, types.ModuleType]:
-    """``comfy_api`` / ``comfy_api.latest`` stand-ins exposing the splat types (IO.Splat, IO.File3D*, Types)."""
-    latest = types.ModuleType("comfy_api.latest")
-    io = types.SimpleNamespace()
+    """ComfyUI's real ``comfy_api.latest`` extended with the 2026 splat types: ``io.Splat`` ("SPLAT"),
+    ``io.File3D*`` ("FILE_3D*") and ``Types.SPLAT`` / ``Types.File3D`` (the stand-in classes above). Returns
+    ``{"comfy_api.latest": module}`` to put into ``sys.modules``."""
+    real = comfyui_modules()["comfy_api.latest"]
+    io26 = types.ModuleType(real.io.__name__)
+    io26.__dict__.update({k: v for k, v in real.io.__dict__.items() if k != "__name__"})
     for attr, io_type in (("Splat", "SPLAT"), ("File3D", "FILE_3D"), ("File3DAny", "FILE_3D"),
                           ("File3DPLY", "FILE_3D_PLY"), ("File3DSPLAT", "FILE_3D_SPLAT"),
                           ("File3DSPZ", "FILE_3D_SPZ"), ("File3DKSPLAT", "FILE_3D_KSPLAT"),
                           ("File3DSplatAny", "FILE_3D_SPLAT_ANY")):
-        setattr(io, attr, type(attr, (), {"io_type": io_type}))
-    latest.IO = latest.io = io
-    latest.Types = types.SimpleNamespace(SPLAT=SplatStandIn, File3D=File3DStandIn)
-    root = types.ModuleType("comfy_api")
-    root.__path__ = []
-    root.latest = latest
-    return {"comfy_api": root, "comfy_api.latest": latest}
+        setattr(io26, attr, real.io.Custom(io_type))
+    latest = types.ModuleType("comfy_api.latest")
+    latest.__dict__.update({k: v for k, v in real.__dict__.items() if k != "__name__"})
+    latest.io = latest.IO = latest.comfy_io = io26
+    latest.Types = type("Types", (real.Types,), {"SPLAT": SplatStandIn, "File3D": File3DStandIn})
+    return {"comfy_api.latest": latest}
 
 
 def parse_gaussian_ply_like_core(data: bytes):
@@ -1120,43 +997,31 @@ def _core_splat_nodes() -> dict:
 
 
 # ============================================================================ pytest fixtures
-def _install(monkeypatch, env: ComfyEnv) -> None:
-    for name, mod in env.modules.items():
-        monkeypatch.setitem(sys.modules, name, mod)
-
-
 @pytest.fixture
 def comfy_env(tmp_path, monkeypatch) -> ComfyEnv:
-    """The pack loaded like ComfyUI does, with stand-in ComfyUI services rooted in ``tmp_path/comfy``."""
+    """The pack loaded like ComfyUI does, with ComfyUI's real service modules rooted in ``tmp_path/comfy``."""
+    comfyui_modules()
     package = load_extension()
-    env = ComfyEnv(tmp_path / "comfy", package)
-    _install(monkeypatch, env)
+    env = ComfyEnv(tmp_path / "comfy", package, monkeypatch)
     # outside-ComfyUI fallbacks must never be used inside the harness
     monkeypatch.setenv("MVBOOST_MODELS_DIR", str(tmp_path / "not_comfy_models"))
     return env
 
 
-_COMFY_API_2026 = None
-
-
 @pytest.fixture
 def comfy_env_2026(tmp_path, monkeypatch) -> ComfyEnv:
-    """Like ``comfy_env`` but the host also has ComfyUI 2026's splat stack (stand-in ``comfy_api.latest`` with
-    ``Types.SPLAT`` / ``Types.File3D`` / ``IO.Splat`` / ``IO.File3DSplatAny``, core ``File3DToSplat`` and
-    ``SplatToFile3D`` nodes). The pack is imported again under another name, because it detects the host's types
-    at import time, the way it would inside a 2026 ComfyUI."""
-    global _COMFY_API_2026
-    if _COMFY_API_2026 is None:
-        _COMFY_API_2026 = make_comfy_api_2026()
-    for name, mod in _COMFY_API_2026.items():
+    """Like ``comfy_env`` but the host also has ComfyUI 2026's splat stack: ``comfy_api.latest`` is the real module
+    extended with ``Types.SPLAT`` / ``Types.File3D`` / ``io.Splat`` / ``io.File3DSplatAny`` (see
+    :func:`make_comfy_api_2026`), plus core ``File3DToSplat`` and ``SplatToFile3D`` nodes. The pack is imported again
+    under another name, because it detects the host's types at import time, the way it would inside a 2026 ComfyUI."""
+    comfyui_modules()
+    for name, mod in make_comfy_api_2026().items():
         monkeypatch.setitem(sys.modules, name, mod)
-    monkeypatch.setitem(sys.modules, "folder_paths", _make_folder_paths(tmp_path / "import_time"))
-    package = load_extension(name=comfy_module_name(REPO_ROOT) + "_host2026")
-    env = ComfyEnv(tmp_path / "comfy", package)
-    env.modules.update(_COMFY_API_2026)
+    package = load_extension(name=comfy_module_name(REPO_ROOT) + "_host2026", fresh=True)
+    env = ComfyEnv(tmp_path / "comfy", package, monkeypatch)
+    env.modules["comfy_api.latest"] = sys.modules["comfy_api.latest"]
     env.core_nodes.update(_core_splat_nodes())
     env.all_nodes = {**env.core_nodes, **env.nodes}
-    _install(monkeypatch, env)
     monkeypatch.setenv("MVBOOST_MODELS_DIR", str(tmp_path / "not_comfy_models"))
     return env
 
@@ -1209,7 +1074,7 @@ def ui_to_api_graph(ui: dict, node_classes: dict) -> dict:
 
 # ============================================================================ command line
 def main(argv=None) -> int:
-    """Run an API-format workflow headlessly with the stand-in services (no ComfyUI needed).
+    """Run an API-format workflow in-process with the vendored ComfyUI's service modules (no server).
 
     python tests/comfy_harness.py workflows/api/render_turntable.json --base /tmp/run \\
         --input my.ply:gaussians.ply --set 2.frames=8 --set 2.resolution=128
@@ -1217,23 +1082,16 @@ def main(argv=None) -> int:
     """
     import argparse
 
-    ap = argparse.ArgumentParser(description="Run an API-format workflow with the ComfyUI stand-ins.")
+    ap = argparse.ArgumentParser(description="Run an API-format workflow in-process (ComfyUI's modules, no server).")
     ap.add_argument("workflow")
     ap.add_argument("--base", required=True, help="throwaway ComfyUI base dir (models/, input/, output/, temp/)")
     ap.add_argument("--input", action="append", default=[], help="file to copy into input/, as SRC[:NAME]")
     ap.add_argument("--set", action="append", default=[], help="override NODE.INPUT=JSON_VALUE")
     args = ap.parse_args(argv)
-    env = ComfyEnv(Path(args.base), load_extension())
-    saved = {k: sys.modules.get(k) for k in env.modules}
-    sys.modules.update(env.modules)
-    try:
+    comfyui_modules()
+    with pytest.MonkeyPatch.context() as mp:
+        env = ComfyEnv(Path(args.base), load_extension(), mp)
         return _run_cli(env, args)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
 
 
 def _run_cli(env: "ComfyEnv", args) -> int:

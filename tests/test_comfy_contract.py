@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 
 from comfy_harness import (  # noqa: F401  (comfy_env is a pytest fixture)
+    COMFYUI_ROOT,
     REPO_ROOT,
     WorkflowError,
     check_node_contract,
     comfy_env,
     load_extension,
+    node_classes,
     ui_to_api_graph,
 )
 
@@ -155,6 +157,29 @@ def test_every_api_workflow_has_a_ui_twin():
         assert (REPO_ROOT / "workflows" / p.name).exists(), f"workflows/api/{p.name} has no UI twin"
 
 
+V1_WORKFLOWS = REPO_ROOT / "tests" / "data" / "v1_workflows"
+
+
+@pytest.mark.parametrize("ui_path", sorted(V1_WORKFLOWS.glob("*.json")), ids=lambda p: p.name)
+def test_workflows_saved_with_the_v1_nodes_still_load(comfy_env, ui_path):
+    """tests/data/v1_workflows holds the example workflows as saved before the V3 migration (V1 nodes). Node ids,
+    input names and widget order are unchanged, so they convert to their API twins and validate against the V3
+    nodes (the real frontends load them in test_comfy_frontend.py)."""
+    ui = json.loads(ui_path.read_text())
+    if _requires_new_comfyui(ui):
+        known = set(comfy_env.nodes)
+        assert {n["type"] for n in ui["nodes"] if n["type"].startswith("MVBoost")} <= known
+        return
+    api = json.loads((V1_WORKFLOWS / "api" / ui_path.name).read_text())
+    converted = ui_to_api_graph(ui, comfy_env.all_nodes)
+    for nid, node in api.items():
+        assert converted[nid]["class_type"] == node["class_type"]
+        assert converted[nid]["inputs"] == node["inputs"], f"node {nid} differs"
+    errors, _ = comfy_env._validate({k: v for k, v in api.items()}, {}, True)
+    # only the model/file names are unknown here (no models or inputs placed in this test)
+    assert all("value_not_in_list" in e or "not found" in e for e in errors), errors
+
+
 def _copy_pack(dst: Path) -> Path:
     root = dst / "ComfyUI-MVBoost.copy"  # a '.' in the folder name, like ComfyUI's _x_ mangling case
     shutil.copytree(REPO_ROOT / "nodes", root / "nodes", ignore=shutil.ignore_patterns("__pycache__"))
@@ -163,10 +188,22 @@ def _copy_pack(dst: Path) -> Path:
     return root
 
 
-def test_a_broken_node_module_or_optional_backend_hides_no_other_node(tmp_path, monkeypatch):
-    baseline = set(load_extension().NODE_CLASS_MAPPINGS)
+def test_a_broken_node_module_or_optional_backend_hides_no_other_node(comfy_env, tmp_path, monkeypatch):
+    baseline = set(comfy_env.nodes)
     root = _copy_pack(tmp_path)
     (root / "nodes" / "zz_broken.py").write_text("import this_module_does_not_exist_xyz\n")
+    # a new module following the convention (module-level NODES list) is discovered without touching anything else
+    (root / "nodes" / "zz_extra.py").write_text(
+        "from comfy_api.latest import io\n"
+        "class MVBoostZZExtra(io.ComfyNode):\n"
+        "    @classmethod\n"
+        "    def define_schema(cls):\n"
+        "        return io.Schema(node_id='MVBoostZZExtra', display_name='MVBoost: ZZ', category='MVBoost',\n"
+        "                         inputs=[], outputs=[io.Int.Output()])\n"
+        "    @classmethod\n"
+        "    def execute(cls):\n"
+        "        return io.NodeOutput(7)\n"
+        "NODES = [MVBoostZZExtra]\n")
 
     class _BrokenGsplat:  # importing gsplat raises something other than ImportError (CUDA libs missing)
         def find_spec(self, name, path=None, target=None):
@@ -178,7 +215,8 @@ def test_a_broken_node_module_or_optional_backend_hides_no_other_node(tmp_path, 
     monkeypatch.delitem(sys.modules, "gsplat", raising=False)
     pkg = load_extension(root, fresh=True)
     try:
-        assert set(pkg.NODE_CLASS_MAPPINGS) == baseline
+        classes = node_classes(pkg)
+        assert set(classes) == baseline | {"MVBoostZZExtra"}
         errors = sys.modules[pkg.__name__ + ".nodes"].IMPORT_ERRORS
         assert set(errors) == {"zz_broken"}
         # and the nodes still run (render backend "auto" falls back to the pure-torch rasterizer)
@@ -187,25 +225,42 @@ def test_a_broken_node_module_or_optional_backend_hides_no_other_node(tmp_path, 
         G = importlib.import_module(pkg.__name__ + ".mvboost_core.gaussians").Gaussians
         g = G(means=torch.zeros(1, 3), opacities=torch.tensor([0.9]), scales=torch.full((1, 3), 0.1),
               quats=torch.tensor([[1.0, 0, 0, 0]]), colors=torch.tensor([[1.0, 0, 0]]))
-        img, alpha = pkg.NODE_CLASS_MAPPINGS["MVBoostRenderGaussians"]().render(g, 1, 0.0, 1.5, 49.1, 16, "#000000")
+        comfy_env.nodes = classes
+        comfy_env.all_nodes = {**comfy_env.core_nodes, **classes}
+        img, alpha = comfy_env.run_node("MVBoostRenderGaussians", gaussians=g, frames=1, elevation=0.0, radius=1.5,
+                                        fov=49.1, resolution=16, background="#000000")
         assert img.shape == (1, 16, 16, 3) and float(alpha[0, 8, 8]) > 0.5
     finally:
         for k in [k for k in sys.modules if k == pkg.__name__ or k.startswith(pkg.__name__ + ".")]:
             del sys.modules[k]
 
 
+def test_the_pack_registers_through_comfy_entrypoint_only():
+    """ComfyUI takes the V1 path when a module defines NODE_CLASS_MAPPINGS and then ignores comfy_entrypoint."""
+    pkg = load_extension()
+    assert not hasattr(pkg, "NODE_CLASS_MAPPINGS") and callable(pkg.comfy_entrypoint)
+    assert pkg.WEB_DIRECTORY == "./web" and (REPO_ROOT / "web" / "mvboost.js").is_file()
+    for mod in (REPO_ROOT / "nodes").glob("[!_]*.py"):
+        assert "NODE_CLASS_MAPPINGS" not in mod.read_text(), f"{mod.name} still defines V1 mappings"
+
+
 def test_importing_the_extension_is_cheap():
     code = f"""
-import sys, time, importlib.util
-t = time.perf_counter()
+import sys, time
+sys.path.append({str(COMFYUI_ROOT)!r})
 sys.path.insert(0, {str(REPO_ROOT / 'tests')!r})
+import comfy.cli_args; comfy.cli_args.args.cpu = True
+import comfy_api.latest, folder_paths  # ComfyUI's own import cost, not ours
+before = set(sys.modules)
+t = time.perf_counter()
 import comfy_harness
 pkg = comfy_harness.load_extension()
+n = len(comfy_harness.node_classes(pkg))
 dt = time.perf_counter() - t
 import torch
 heavy = sorted(m for m in ("diffusers", "transformers", "peft", "lpips", "accelerate", "gsplat", "torchvision")
-               if m in sys.modules)
-print(repr((len(pkg.NODE_CLASS_MAPPINGS), heavy, torch.cuda.is_initialized(), round(dt, 2))))
+               if m in sys.modules and m not in before)
+print(repr((n, heavy, torch.cuda.is_initialized(), round(dt, 2))))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     assert out.returncode == 0, out.stderr
@@ -215,18 +270,24 @@ print(repr((len(pkg.NODE_CLASS_MAPPINGS), heavy, torch.cuda.is_initialized(), ro
     assert cuda_init is False
 
 
-def test_input_types_never_raise_outside_comfyui_with_missing_model_folders(tmp_path, monkeypatch):
-    """Plain Python (no folder_paths / comfy modules): every node still declares its inputs."""
-    for name in ("folder_paths", "comfy", "comfy.utils", "comfy.model_management", "comfy_api", "comfy_api.latest"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    monkeypatch.setenv("MVBOOST_MODELS_DIR", str(tmp_path / "does_not_exist"))
-    monkeypatch.setenv("MVBOOST_INPUT_DIR", str(tmp_path / "no_input_dir"))
-    pkg = load_extension()
-    c = importlib.import_module(pkg.__name__ + ".nodes._comfy")
-    assert not c.in_comfyui()
-    paths = c.get_folder_paths("lgm")
-    assert paths and all(Path(p).name == "lgm" for p in paths)
-    assert c.get_filename_list("lgm") == [] or all(f.endswith(".safetensors") for f in c.get_filename_list("lgm"))
-    for nid, cls in pkg.NODE_CLASS_MAPPINGS.items():
-        it = cls.INPUT_TYPES()
-        assert isinstance(it, dict) and "required" in it, nid
+def test_outside_comfyui_the_package_imports_registers_nothing_and_says_why(tmp_path):
+    """Plain Python without ComfyUI: the root package still imports (nothing registered, one log line naming the
+    missing comfy_api), and the service helpers keep their fallbacks."""
+    code = f"""
+import sys, logging, importlib
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+sys.path.insert(0, {str(REPO_ROOT / 'tests')!r})
+import os
+os.environ["MVBOOST_MODELS_DIR"] = {str(tmp_path / "does_not_exist")!r}
+import comfy_harness
+pkg = comfy_harness.load_extension()
+c = importlib.import_module(pkg.__name__ + ".nodes._comfy")
+print(repr((len(pkg.NODES), sorted(pkg.IMPORT_ERRORS), c.in_comfyui(), c.get_folder_paths("lgm"),
+            c.get_filename_list("lgm"))))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    n, errors, in_comfy, lgm_paths, files = eval(out.stdout.strip().splitlines()[-1])
+    assert (n, errors, in_comfy, files) == (0, ["comfy_api"], False, [])
+    assert lgm_paths == [str(tmp_path / "does_not_exist" / "lgm")]
+    assert "comfy_api.latest" in out.stderr and "v0.3.64" in out.stderr

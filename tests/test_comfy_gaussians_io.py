@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from comfy_harness import WorkflowError, comfy_env  # noqa: F401  (comfy_env is a pytest fixture)
+from comfy_harness import WorkflowError, combo_options, comfy_env  # noqa: F401  (comfy_env is a pytest fixture)
 
 torch.set_num_threads(2)
 
@@ -55,7 +55,8 @@ def test_render_turntable_example_workflow(comfy_env):
     assert [i["filename"] for i in res.ui["3"]["images"]] == [f"turntable_{k:05}_.png" for k in range(1, 5)]
     pv = res.ui["4"]["images"][0]
     assert pv["type"] == "temp" and (comfy_env.temp_dir / pv["subfolder"] / pv["filename"]).exists()
-    assert res.ui["4"]["text"] == [saved]
+    # the saved path is shown on the node (progress text, which both frontends display), not as ui "text"
+    assert "text" not in res.ui["4"] and ("4", f"Save Gaussians: saved {saved}") in comfy_env.texts
 
 
 @pytest.mark.parametrize("fmt,ext,tol", [("ply", "ply", 1e-6), ("ply_full", "ply", 1e-6),
@@ -67,7 +68,7 @@ def test_save_then_load_every_format(comfy_env, fmt, ext, tol):
     assert path == f"out/g_00001_.{ext}"
     os.makedirs(comfy_env.input_dir / "3d", exist_ok=True)
     os.replace(comfy_env.output_dir / path, comfy_env.input_dir / "3d" / f"g.{ext}")
-    opts = comfy_env.nodes["MVBoostLoadGaussians"].INPUT_TYPES()["required"]["file"][0]
+    opts = combo_options(comfy_env.nodes["MVBoostLoadGaussians"], "file")
     assert f"3d/g.{ext}" in opts
     (back,) = comfy_env.run_node("MVBoostLoadGaussians", file=f"3d/g.{ext}")
     assert len(back) == 64
@@ -163,17 +164,17 @@ def test_render_is_interruptible(comfy_env):
 
 def test_load_gaussians_errors_and_change_detection(comfy_env):
     cls = comfy_env.nodes["MVBoostLoadGaussians"]
-    assert cls.INPUT_TYPES()["required"]["file"][0] == []  # empty input folder: empty combo, no exception
-    assert "not found" in cls.VALIDATE_INPUTS("missing.ply")
-    assert "unsupported" in cls.VALIDATE_INPUTS("cat.png")
+    assert combo_options(cls, "file") == []  # empty input folder: empty combo, no exception
+    assert "not found" in cls.validate_inputs("missing.ply")
+    assert "unsupported" in cls.validate_inputs("cat.png")
     (comfy_env.input_dir / "broken.ply").write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 5\n")
     with pytest.raises(ValueError):
         comfy_env.run_node("MVBoostLoadGaussians", file="broken.ply")
     g = blob(comfy_env.core, n=8)
     comfy_env.core.gaussians.save_ply(g, comfy_env.input_dir / "a.ply")
-    h1 = cls.IS_CHANGED("a.ply")
+    h1 = cls.fingerprint_inputs("a.ply")
     comfy_env.core.gaussians.save_ply(blob(comfy_env.core, n=9), comfy_env.input_dir / "a.ply")
-    assert cls.IS_CHANGED("a.ply") != h1
+    assert cls.fingerprint_inputs("a.ply") != h1
     with pytest.raises(WorkflowError, match="not found"):
         comfy_env.run_workflow("workflows/api/render_turntable.json", overrides={"1": {"file": "nope.ply"}})
 
@@ -183,7 +184,7 @@ def test_load_gaussians_reads_annotated_output_files(comfy_env):
     (path,) = comfy_env.run_node("MVBoostSaveGaussians", gaussians=g, filename_prefix="o/g", format="spz",
                                  preview=False)
     cls = comfy_env.nodes["MVBoostLoadGaussians"]
-    assert cls.VALIDATE_INPUTS(f"{path} [output]") is True
+    assert cls.validate_inputs(f"{path} [output]") is True
     (back,) = comfy_env.run_node("MVBoostLoadGaussians", file=f"{path} [output]")
     assert len(back) == 12
 
@@ -197,10 +198,11 @@ def test_harness_command_line_runs_the_example(tmp_path, capsys):
     q = torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(20, 1)
     save_ply(Gaussians(means=0.2 * torch.rand(20, 3) - 0.1, opacities=torch.full((20,), 0.8),
                        scales=torch.full((20, 3), 0.03), quats=q, colors=torch.rand(20, 3)), tmp_path / "b.ply")
-    before = {k: sys.modules.get(k) for k in ("folder_paths", "comfy", "comfy.utils")}
+    fp = comfy_harness.comfyui_modules()["folder_paths"]
+    before = (fp.get_output_directory(), fp.models_dir, sys.modules.get("server"))
     assert comfy_harness.main(["workflows/api/render_turntable.json", "--base", str(tmp_path / "run"),
                                "--input", f"{tmp_path / 'b.ply'}:gaussians.ply", "--set", "2.frames=2",
                                "--set", "2.resolution=24", "--set", "4.preview=false"]) == 0
-    assert {k: sys.modules.get(k) for k in before} == before  # stand-ins removed again
+    assert (fp.get_output_directory(), fp.models_dir, sys.modules.get("server")) == before  # ComfyUI state restored
     assert (tmp_path / "run" / "output" / "mvboost" / "gaussians_00001_.splat").exists()
     assert "node 2: outputs [torch.Size([2, 24, 24, 3])" in capsys.readouterr().out

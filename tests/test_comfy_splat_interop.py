@@ -127,7 +127,7 @@ def test_from_splat_handles_padded_batches_and_higher_sh(comfy_env_2026):
 def test_save_gaussians_offers_a_core_file3d_that_core_parses_back(comfy_env_2026):
     env = comfy_env_2026
     cls = env.nodes["MVBoostSaveGaussians"]
-    assert cls.RETURN_TYPES == ("STRING", "FILE_3D_SPLAT_ANY")
+    assert tuple(cls.RETURN_TYPES) == ("STRING", "FILE_3D_SPLAT_ANY")
     assert not env.validate_node("MVBoostSaveGaussians")
     g = blob(env.core, n=120, seed=4)
     for axes, flip in (("y_down (3DGS / ComfyUI splat)", True), ("y_up (LGM)", False)):
@@ -203,7 +203,7 @@ def test_ply_written_with_core_rules_loads_into_our_gaussians(comfy_env, tmp_pat
 def test_on_comfyui_without_splat_types_every_node_loads_and_interop_explains(comfy_env):
     assert {"MVBoostToComfySplat", "MVBoostFromComfySplat", "MVBoostSaveGaussians",
             "MVBoostLoadGaussians", "MVBoostRenderGaussians"} <= set(comfy_env.nodes)
-    assert comfy_env.nodes["MVBoostSaveGaussians"].RETURN_TYPES == ("STRING",)
+    assert tuple(comfy_env.nodes["MVBoostSaveGaussians"].RETURN_TYPES) == ("STRING",)
     g = blob(comfy_env.core, n=8)
     with pytest.raises(RuntimeError, match=r"PR #14190.*2026"):
         comfy_env.run_node("MVBoostToComfySplat", gaussians=g)
@@ -223,9 +223,9 @@ def test_native_splat_example_workflow_matches_the_pack(comfy_env_2026):
     from comfy_harness import REPO_ROOT, WIDGET_TYPES, _input_spec
 
     env = comfy_env_2026
-    ui = json.loads((REPO_ROOT / "workflows" / "native_splat_interop.json").read_text())
+    ui = json.loads((REPO_ROOT / "workflows" / "comfyui_2026" / "native_splat_interop.json").read_text())
     assert ui["version"] == 0.4 and "2026" in ui["extra"]["mvboost"]["requires_comfyui"]
-    assert (REPO_ROOT / "workflows" / "native_splat_interop.jpg").exists()
+    assert (REPO_ROOT / "workflows" / "comfyui_2026" / "native_splat_interop.jpg").exists()
     nodes = {n["id"]: n for n in ui["nodes"]}
     ours = {i: n for i, n in nodes.items() if n["type"].startswith("MVBoost")}
     assert {"MVBoostLGMReconstruct", "MVBoostToComfySplat", "MVBoostFromComfySplat",

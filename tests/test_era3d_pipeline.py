@@ -377,7 +377,7 @@ def test_bf16_pipeline_stays_close_to_fp32(era3d_dir, io, reference_run):
 
 
 # ------------------------------------------------------------------------------------ ComfyUI nodes
-from comfy_harness import comfy_env  # noqa: E402,F401  (pytest fixture)
+from comfy_harness import combo_options, comfy_env  # noqa: E402,F401  (pytest fixture)
 
 WORKFLOW = Path(__file__).resolve().parents[1] / "workflows" / "api" / "era3d_multiview.json"
 
@@ -399,7 +399,7 @@ def _save_input(comfy_env, io, name="era3d_example.png"):
 def test_api_workflow_runs_through_the_harness_with_the_micro_folder(comfy_env, era3d_dir, io):
     name = _place_micro(comfy_env, era3d_dir)
     _save_input(comfy_env, io)
-    spec = comfy_env.nodes["MVBoostLoadEra3D"].INPUT_TYPES()["required"]["model"][0]
+    spec = combo_options(comfy_env.nodes["MVBoostLoadEra3D"], "model")
     assert name in spec and any(s.startswith("download:") for s in spec)
     res = comfy_env.run_workflow(str(WORKFLOW), overrides={"2": {"model": name}, "3": {"steps": 3}})
     mv, colors, normals = res.output("3", 0), res.output("3", 1), res.output("3", 2)
@@ -426,10 +426,11 @@ def test_multiview_node_is_interruptible_and_refuses_bad_input(comfy_env, era3d_
         mm.interrupt_current_processing()  # the user presses cancel during step 1
 
     comfy_env.modules["comfy.utils"].set_progress_bar_global_hook(hook)
-    node = comfy_env.nodes["MVBoostEra3DMultiView"]()
+    node = comfy_env.nodes["MVBoostEra3DMultiView"].PREPARE_CLASS_CLONE({})  # as ComfyUI's executor does
+
     def generate(*args, **kwargs):  # ComfyUI runs every node under torch.inference_mode()
         with torch.inference_mode():
-            return node.generate(*args, **kwargs)
+            return node.execute(*args, **kwargs).args
 
     with pytest.raises(comfy_env.InterruptProcessingException):
         generate(pipe, rgba, seed=1, steps=3)
@@ -464,7 +465,7 @@ def test_load_node_reports_missing_components(comfy_env, era3d_dir, tmp_path):
 
 
 def test_download_entry_is_explicit_and_offline_gives_a_clear_error(comfy_env, monkeypatch):
-    spec = comfy_env.nodes["MVBoostLoadEra3D"].INPUT_TYPES()["required"]["model"][0]
+    spec = combo_options(comfy_env.nodes["MVBoostLoadEra3D"], "model")
     assert spec == ["download: pengHTYX/MacLab-Era3D-512-6view"]  # empty models/era3d: only the explicit entry
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(Exception, match=r"pengHTYX/MacLab-Era3D-512-6view") as ei:

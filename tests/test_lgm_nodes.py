@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from comfy_harness import comfy_env  # noqa: F401  (pytest fixture)
+from comfy_harness import combo_options, comfy_env  # noqa: F401  (pytest fixture)
 from mvboost_core.lgm import LGM, init_lgm_weights_, load_lgm, reconstruct, save_lgm_checkpoint
 
 VIEWS = ("front", "right", "back", "left")
@@ -69,11 +69,10 @@ def _nodes(env):
 
 def test_loader_lists_models_and_offers_download(comfy_env):
     loader, _ = _nodes(comfy_env)
-    spec = loader.INPUT_TYPES()["required"]
-    assert any(n.startswith("download:") for n in spec["ckpt_name"][0])  # empty folder: only the download entry
-    assert spec["lora_name"][0] == ["none"]
+    assert any(n.startswith("download:") for n in combo_options(loader, "ckpt_name"))  # empty: the download entry
+    assert combo_options(loader, "lora_name") == ["none"]
     _setup(comfy_env)
-    assert CKPT in loader.INPUT_TYPES()["required"]["ckpt_name"][0]
+    assert CKPT in combo_options(loader, "ckpt_name")
 
 
 def test_loader_errors_are_readable(comfy_env):
@@ -131,7 +130,7 @@ def test_lora_slot_applies_adapter(comfy_env):
     (comfy_env.models_dir / "lgm_loras").mkdir(parents=True)
     lora.save_adapter(base, comfy_env.models_dir / "lgm_loras" / "boost.safetensors")
     loader, _ = _nodes(comfy_env)
-    assert "boost.safetensors" in loader.INPUT_TYPES()["required"]["lora_name"][0]
+    assert "boost.safetensors" in combo_options(loader, "lora_name")
     common = dict(elevation=0.0, preview_frames=1, preview_size=64, preview_elevation=-15.0, images=views)
     outs = {}
     for strength in (0.0, 1.0):
