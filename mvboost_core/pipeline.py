@@ -206,10 +206,13 @@ def _to_u8(img: Tensor) -> np.ndarray:
 def write_outputs(gaussians: Gaussians, out_dir, name: str, turntable: Optional[Tensor] = None,
                   animation: str = "gif", fps: int = 12) -> dict:
     """Write ``<name>.ply`` (3DGS PLY, LGM layout), ``<name>.splat``, ``<name>_turntable/frame_XXX.png`` and
-    ``<name>_turntable.gif`` (or ``.webp``) into ``out_dir``; every file atomically. Returns the paths."""
+    ``<name>_turntable.gif`` (or ``.webp``) into ``out_dir``; every file atomically. Returns the paths.
+
+    The splat files use each format's measured axes convention (:mod:`mvboost_core.splatio`: y-down 3DGS frame), so
+    they open upright in SuperSplat, Spark and ComfyUI core's viewer."""
     from PIL import Image
 
-    from .gaussians import save_ply, save_splat
+    from .splatio import save_ply, save_splat
 
     if animation not in ("gif", "webp"):
         raise ValueError(f"animation must be 'gif' or 'webp', got {animation!r}")

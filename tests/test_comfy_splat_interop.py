@@ -165,15 +165,15 @@ def test_workflow_gaussians_through_core_splat_nodes_and_back(comfy_env_2026):
 
 
 # ------------------------------------------------------------------------------------------- .ply like core
-@pytest.mark.parametrize("layout", ["lgm", "full"])
+@pytest.mark.parametrize("layout", ["lgm", "full", "inria_sh3"])
 def test_ply_written_by_us_parsed_with_core_rules_gives_the_same_gaussians(comfy_env, tmp_path, layout):
     core = comfy_env.core
     g = blob(core, n=300, seed=6)
     p = tmp_path / f"g_{layout}.ply"
     core.gaussians.save_ply(g, p, layout=layout, prune_opacity=0.0)
     xyz, scale, rot, opacity, sh = parse_gaussian_ply_like_core(p.read_bytes())
-    assert sh.shape == ((300, 16, 3) if layout == "full" else (300, 1, 3))
-    if layout == "full":
+    assert sh.shape == ((300, 16, 3) if layout == "inria_sh3" else (300, 1, 3))  # "full": INRIA at SH degree 0
+    if layout == "inria_sh3":
         assert np.all(sh[:, 1:] == 0)  # zero f_rest
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float()  # noqa: E731
     back = splat_convert(core).from_splat_tensors(t(xyz)[None], t(scale)[None], t(rot)[None],

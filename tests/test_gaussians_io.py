@@ -1,4 +1,5 @@
-"""Gaussians file I/O: 3DGS .ply (LGM + full layouts), antimatter15 .splat, Niantic .spz.
+"""Gaussians file I/O through the legacy names in mvboost_core.gaussians (coordinates unchanged, spz v3):
+3DGS .ply (LGM + full layouts), antimatter15 .splat, Niantic .spz. The new formats and axes: test_splatio.py.
 
 Byte layouts are checked with independent numpy/struct parsing, not with our own readers.
 """
@@ -26,8 +27,11 @@ from mvboost_core.gaussians import (
 
 LGM_PROPS = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
              "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
-FULL_PROPS = (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"] + [f"f_rest_{i}" for i in range(45)]
+# "full" = INRIA's layout at SH degree 0 (normals, no f_rest): chosen by measurement, see docs/formats.md
+FULL_PROPS = (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
               + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
+SH3_PROPS = (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"] + [f"f_rest_{i}" for i in range(45)]
+             + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
 
 
 def make_gaussians(n: int = 200, seed: int = 0, low_opacity: int = 0) -> Gaussians:
@@ -58,7 +62,7 @@ def only_file(folder) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------- PLY layout
-@pytest.mark.parametrize("layout,props", [("lgm", LGM_PROPS), ("full", FULL_PROPS)])
+@pytest.mark.parametrize("layout,props", [("lgm", LGM_PROPS), ("full", FULL_PROPS), ("inria_sh3", SH3_PROPS)])
 def test_ply_byte_layout(tmp_path, layout, props):
     g = make_gaussians(50)
     path = tmp_path / f"{layout}.ply"
@@ -79,8 +83,8 @@ def test_ply_byte_layout(tmp_path, layout, props):
                                    rtol=1e-6, atol=1e-6)
     q = np.stack([rec[f"rot_{i}"] for i in range(4)], 1)
     np.testing.assert_allclose(q, g.quats.numpy(), atol=1e-7)  # w first, normalised
-    if layout == "full":
-        for p in ["nx", "ny", "nz"] + [f"f_rest_{i}" for i in range(45)]:
+    if layout != "lgm":
+        for p in [p for p in props if p.startswith(("n", "f_rest"))]:
             assert (rec[p] == 0).all()
     # plyfile (the library third-party readers use) agrees on the property order
     ply = PlyData.read(str(path))
@@ -279,7 +283,7 @@ def test_failed_write_keeps_previous_file(tmp_path):
 
 def test_bad_layout_argument(tmp_path):
     with pytest.raises(ValueError, match="layout"):
-        save_ply(make_gaussians(3), tmp_path / "a.ply", layout="inria")
+        save_ply(make_gaussians(3), tmp_path / "a.ply", layout="inria_sh2")
     assert only_file(tmp_path) == []
 
 
