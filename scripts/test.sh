@@ -18,6 +18,18 @@ if ! command -v chromium >/dev/null 2>&1 && [ -z "${MVBOOST_CHROMIUM:-}" ]; then
   fi
 fi
 
+# --- npm: third-party Gaussian-splat readers and web viewers the format tests use (tests/js/package-lock.json)
+if ! command -v npm >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+  else
+    echo "scripts/test.sh: the format tests need Node.js and npm: sudo apt-get install nodejs npm" >&2
+    exit 1
+  fi
+fi
+npm ci --prefix tests/js --no-audit --no-fund
+
 # --- Python: torch first (pinned build), then the project with its test extras
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 "${PIP[@]}" torch==2.14.1 torchvision==0.29.1

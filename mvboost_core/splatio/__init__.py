@@ -59,7 +59,7 @@ FORMATS: dict[str, FormatSpec] = {f.name: f for f in (
                {"layout": "inria"}),
     FormatSpec("splat", ".splat", "antimatter15 .splat (32-byte records)", save_splat),
     FormatSpec("spz", ".spz", "Niantic .spz (v2 opens everywhere; v3/v4 keep rotations to 0.23°)", save_spz,
-               options={"version": (SPZ_VERSIONS, DEFAULT_SPZ_VERSION)}),
+               options={"version": (SPZ_VERSIONS, DEFAULT_SPZ_VERSION), "coordinate_system": ((True, False), True)}),
     FormatSpec("sog", ".sog", "PlayCanvas SOG bundle (SuperSplat's compressed format)", save_sog),
     FormatSpec("glb", ".glb", "glTF KHR_gaussian_splatting (y up)", save_glb, frame="y_up"),
 )}

@@ -15,9 +15,9 @@ Written from the layout PlayCanvas splat-transform reads and writes (facts, no c
 * meta version 1 (no ``version`` key): per-channel ``mins``/``maxs`` instead of codebooks; ``sh0`` alpha is a
   logit lerped in ``mins[3]..maxs[3]``.
 
-Our codebooks are 1-D k-means (Lloyd, quantile start) over all three channels, like splat-transform's.
-Quantisation (tests): positions ≈ range/65535 after the log transform; rotation ≈ 0.3° typical, ≤ 1° (8-bit
-smallest three); scales and colours to the nearest of 256 codebook entries; opacity 1/255.
+Our codebooks are 1-D k-means over all three channels, like splat-transform's. Quantisation (tests): positions
+≈ range/65535 after the log transform; rotation ≤ 1° (8-bit smallest three); scales within ≈ 2% and colours
+within ≈ 0.01 (nearest of 256 codebook entries); opacity 1/255.
 """
 from __future__ import annotations
 
@@ -38,17 +38,22 @@ _SQRT2 = np.sqrt(2.0)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def _codebook(values: np.ndarray, k: int = 256, iters: int = 12) -> tuple[np.ndarray, np.ndarray]:
-    """1-D k-means (quantile initialisation + Lloyd iterations) -> (sorted codebook [k] float32, labels uint8)."""
+def _codebook(values: np.ndarray, k: int = 256, iters: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """1-D k-means -> (sorted codebook [k] float32, labels uint8).
+
+    Start: half the centres at quantiles, half evenly over [min, max] (pure quantiles leave the tails with one
+    centre each: max scale error 65-88% measured, vs 2% with this start), then Lloyd iterations.
+    """
     v = np.asarray(values, dtype=np.float64).ravel()
-    centers = np.unique(np.quantile(v, (np.arange(k) + 0.5) / k))
+    half = k // 2
+    centers = np.unique(np.concatenate([np.quantile(v, (np.arange(half) + 0.5) / half),
+                                        np.linspace(v.min(), v.max(), k - half)]))
     for _ in range(iters):
         edges = (centers[1:] + centers[:-1]) / 2
         lab = np.searchsorted(edges, v)
         sums = np.bincount(lab, weights=v, minlength=len(centers))
         cnt = np.bincount(lab, minlength=len(centers))
-        keep = cnt > 0
-        centers = np.unique(np.where(keep, sums / np.maximum(cnt, 1), centers)[keep])
+        centers = np.unique(np.where(cnt > 0, sums / np.maximum(cnt, 1), centers))
     centers = centers.astype(np.float32)
     if len(centers) < k:  # fewer distinct values than entries: pad (unused entries)
         centers = np.concatenate([centers, np.full(k - len(centers), centers[-1], np.float32)])
