@@ -188,7 +188,8 @@ def cmd_generate(args) -> int:
     for b in bars.values():
         b.close()
     name = Path(args.image).stem
-    paths = write_outputs(res.gaussians, Path(args.output).expanduser(), name, tt, animation=args.animation)
+    paths = write_outputs(res.gaussians, Path(args.output).expanduser(), name, tt, animation=args.animation,
+                          mesh=args.mesh or ())
     rep = res.report
     if rep:
         print(f"Input view: PSNR {rep['psnr_before']:.2f} -> {rep['psnr_after']:.2f} dB, LPIPS "
@@ -197,7 +198,8 @@ def cmd_generate(args) -> int:
               f"{rep['pose']['radius']:.3f}")
         for w in rep.get("warnings", []):
             print(f"warning: {w}")
-    print(f"Wrote {paths['ply']}, {paths['splat']}, {paths['animation']} and {len(paths.get('frames', []))} "
+    meshes = "".join(f", {paths[m]}" for m in (args.mesh or ()))
+    print(f"Wrote {paths['ply']}, {paths['splat']}{meshes}, {paths['animation']} and {len(paths.get('frames', []))} "
           f"frames in {time.perf_counter() - t0:.1f} s")
     return 0
 
@@ -273,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--frames", type=int, default=36, help="turntable frames")
     g.add_argument("--turntable-size", type=int, default=384)
     g.add_argument("--animation", choices=["gif", "webp"], default="gif")
+    g.add_argument("--mesh", action="append", choices=["glb", "obj"], default=None,
+                   help="also write a vertex-coloured mesh (<name>.glb / .obj); repeat for both")
     g.add_argument("-y", "--yes", action="store_true", help="download missing official weights without asking")
     g.set_defaults(func=cmd_generate)
 

@@ -11,7 +11,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -204,18 +204,24 @@ def _to_u8(img: Tensor) -> np.ndarray:
 
 
 def write_outputs(gaussians: Gaussians, out_dir, name: str, turntable: Optional[Tensor] = None,
-                  animation: str = "gif", fps: int = 12) -> dict:
+                  animation: str = "gif", fps: int = 12, mesh: Sequence[str] = ()) -> dict:
     """Write ``<name>.ply`` (3DGS PLY, LGM layout), ``<name>.splat``, ``<name>_turntable/frame_XXX.png`` and
     ``<name>_turntable.gif`` (or ``.webp``) into ``out_dir``; every file atomically. Returns the paths.
 
     The splat files use each format's measured axes convention (:mod:`mvboost_core.splatio`: y-down 3DGS frame), so
-    they open upright in SuperSplat, Spark and ComfyUI core's viewer."""
+    they open upright in SuperSplat, Spark and ComfyUI core's viewer. ``mesh`` (``"glb"`` and/or ``"obj"``) also
+    writes ``<name>.glb`` / ``<name>.obj``: a vertex-coloured mesh from :func:`mvboost_core.mesh.gaussians_to_mesh`."""
     from PIL import Image
 
     from .splatio import save_ply, save_splat
 
     if animation not in ("gif", "webp"):
         raise ValueError(f"animation must be 'gif' or 'webp', got {animation!r}")
+    from .mesh import MESH_FORMATS
+
+    bad = [m for m in mesh if m not in MESH_FORMATS]
+    if bad:
+        raise ValueError(f"mesh formats must be among {list(MESH_FORMATS)}, got {bad}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     g = gaussians.detach().to(device="cpu", dtype=torch.float32)
@@ -235,4 +241,10 @@ def write_outputs(gaussians: Gaussians, out_dir, name: str, turntable: Optional[
             frames[0].save(p, format=fmt, save_all=True, append_images=frames[1:], **kw)
 
         paths["animation"] = _atomic(out / f"{name}_turntable.{animation}", save_anim)
+    if mesh:
+        from .mesh import gaussians_to_mesh, save_mesh
+
+        m = gaussians_to_mesh(g)
+        for fmt in dict.fromkeys(mesh):
+            paths[fmt] = save_mesh(m, out / f"{name}.{fmt}")
     return paths
