@@ -143,8 +143,8 @@ def gaussians_to_mesh(g: Gaussians, options: MeshOptions | None = None, **overri
     if float(dens.max()) <= opt.level:
         raise ValueError(f"Export Mesh: the Gaussians' density never reaches level={opt.level} (max "
                          f"{float(dens.max()):.3g}); lower the level.")
-    verts, faces = mcubes.marching_cubes(dens, opt.level)  # grid index space
-    faces = faces[:, ::-1].astype(np.int64)  # PyMCubes winds clockwise seen from the low-density side
+    verts, faces = mcubes.marching_cubes(dens, opt.level)  # grid index space; faces wound outwards (tested)
+    faces = faces.astype(np.int64)
     verts, faces = _drop_small_components(verts, faces, opt.min_component)
     if opt.max_faces and len(faces) > opt.max_faces:
         import fast_simplification

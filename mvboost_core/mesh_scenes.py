@@ -32,7 +32,7 @@ def surface_scene(kind: str = "torus", n: int = 20000, seed: int = 0):
 
     if kind == "torus":
         mesh = trimesh.creation.torus(major_radius=0.35, minor_radius=0.15, major_sections=96, minor_sections=48)
-        mesh.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [1, 0, 0]))  # ring stands upright
+        mesh.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [1, 0, 0]))  # ring lies in the x-z plane, axis up
     elif kind == "box":
         mesh = trimesh.creation.box(extents=(0.8, 0.6, 0.4))
     else:

@@ -1,10 +1,12 @@
 """Save / Load / Render Gaussians nodes (adapters only: the work is done by mvboost_core).
 
-* **MVBoost: Save Gaussians** -> ``.ply`` (LGM's 14 properties or the full 3DGS layout), ``.splat`` or ``.spz``
-  in ComfyUI's output folder, written atomically; returns the path relative to the output folder (STRING output),
+* **MVBoost: Save Gaussians** -> any writable format of :mod:`mvboost_core.splatio` (``.ply`` LGM / INRIA layout,
+  ``.splat``, ``.spz`` v2/v3/v4, ``.sog``, ``.glb`` KHR_gaussian_splatting; combo values from its registry) in
+  ComfyUI's output folder, written atomically, in each format's measured axes convention by default; returns the path relative to the output folder (STRING output),
   shows it on the node ("saved <path>") and a rendered preview image. On ComfyUI versions with the native 3D-file types (2026+) it also outputs a core ``File3D``
   so ``PreviewGaussianSplat`` / core splat loaders accept it (see :mod:`.splat_interop`).
-* **MVBoost: Load Gaussians** <- ``.ply`` / ``.splat`` / ``.spz`` from the input folder (or ``input/3d``).
+* **MVBoost: Load Gaussians** <- ``.ply`` (incl. ``.compressed.ply``) / ``.splat`` / ``.spz`` (v2-v4) / ``.sog`` /
+  ``.glb`` from the input folder (or ``input/3d``).
 * **MVBoost: Render Gaussians** -> turntable IMAGE batch + MASK (alpha, 1 = object) on LGM's orbit cameras.
 """
 from __future__ import annotations
@@ -18,25 +20,30 @@ from . import _comfy as C
 
 GaussiansType = io.Custom(C.MVBOOST_GAUSSIANS)
 
-FORMATS = {  # widget value -> (file extension, mvboost_core.gaussians writer name, writer kwargs)
-    "ply": ("ply", "save_ply", {"layout": "lgm"}),
-    "ply_full": ("ply", "save_ply", {"layout": "full"}),
-    "splat": ("splat", "save_splat", {}),
-    "spz": ("spz", "save_spz", {}),
-}
-READERS = {".ply": "load_ply", ".splat": "load_splat", ".spz": "load_spz"}
-AXES = {"y_up (LGM)": False, "y_down (3DGS / ComfyUI splat)": True}  # widget value -> rotate 180° about x
+def _splatio():
+    from ..mvboost_core import splatio
+
+    return splatio
+
+
+FORMATS = list(_splatio().FORMATS)  # combo values = the registry's names (ply, ply_full, splat, spz, sog, glb)
+SPZ_VERSIONS = [str(v) for v in _splatio().SPZ_VERSIONS]
+# widget value -> splatio axes. "auto" = each format's convention (docs/formats.md); the two older values stay valid
+# so saved workflows keep loading and mean what they meant.
+AXES = {"auto (upright in SuperSplat / Spark / ComfyUI)": "auto", "y_up (LGM)": "y_up",
+        "y_down (3DGS / ComfyUI splat)": "y_down"}
+AXES_DEFAULT = next(iter(AXES))
+_FILE3D_EXTS = (".ply", ".splat", ".spz")  # what core's File3D splat types read
+
+
+def _readable_extensions() -> tuple[str, ...]:
+    return tuple(_splatio().READ_EXTENSIONS)
 
 
 def _gio():
     from ..mvboost_core import gaussians
 
     return gaussians
-
-
-def _readable_extensions() -> tuple[str, ...]:
-    g = _gio()
-    return tuple(ext for ext, fn in READERS.items() if hasattr(g, fn))
 
 
 def _parse_color(text: str, what: str = "background") -> tuple[float, float, float]:
@@ -106,32 +113,40 @@ class MVBoostSaveGaussians(io.ComfyNode):
         if _HOST_FILE3D_TYPE:  # the host has the File3D types (ComfyUI 2026+)
             outputs.append(io.Custom(_HOST_FILE3D_TYPE).Output(
                 "model_3d", display_name="model_3d",
-                tooltip="The saved file as a core 3D-file object for Preview Splat / Get Splat / Save 3D Model "
-                        "(set axes = y_down so it shows upright there)."))
+                tooltip="The saved .ply / .splat / .spz as a core 3D-file object for Preview Splat / Get Splat / "
+                        "Save 3D Model (upright there with axes = auto); None for .sog / .glb."))
         return io.Schema(
             node_id="MVBoostSaveGaussians",
             display_name=f"{C.DISPLAY_PREFIX}Save Gaussians",
             category=C.CATEGORY,
-            description=("Saves Gaussians as .ply (LGM 14-property layout or full 3DGS layout with normals and zero SH "
-                         "rest, opened by SuperSplat / antimatter15 / most viewers), .splat (antimatter15) or .spz "
-                         "(Niantic) into ComfyUI's output folder. The node shows the saved path and a rendered "
-                         "front view; the path is also its STRING output."),
+            description=("Saves Gaussians into ComfyUI's output folder as .ply (LGM's 14 properties, or INRIA's layout), "
+                         ".splat (antimatter15), .spz (Niantic v2/v3/v4), .sog (PlayCanvas / SuperSplat) or .glb "
+                         "(glTF KHR_gaussian_splatting). axes = auto writes each format's convention, so the file "
+                         "opens upright in SuperSplat, Spark and ComfyUI's splat viewer (docs/formats.md). The node "
+                         "shows the saved path and a rendered front view; the path is also its STRING output."),
             inputs=[
                 GaussiansType.Input("gaussians"),
                 io.String.Input("filename_prefix", default="mvboost/gaussians",
                                 tooltip="Relative to the output folder; sub-folders allowed, '..' is not."),
-                io.Combo.Input("format", options=list(FORMATS), default="ply",
-                               tooltip="ply = LGM's layout; ply_full = with normals + f_rest (widest viewer support); "
-                                       "splat = antimatter15 32-byte records; spz = Niantic gzip."),
+                io.Combo.Input("format", options=FORMATS, default="ply",
+                               tooltip="ply = LGM's 14 properties (every tool opens it); ply_full = INRIA's layout "
+                                       "(+ normals, SH degree 0); splat = antimatter15 32-byte records; spz = Niantic "
+                                       "(version below); sog = PlayCanvas/SuperSplat compressed; glb = glTF "
+                                       "KHR_gaussian_splatting (y up)."),
                 io.Float.Input("prune_opacity", default=0.005, min=0.0, max=1.0, step=0.001, optional=True,
                                tooltip="Gaussians with opacity below this are dropped (LGM uses 0.005)."),
                 io.Boolean.Input("preview", default=True, optional=True,
                                  tooltip="Render one front view as the node preview."),
                 io.Int.Input("preview_size", default=256, min=64, max=1024, step=8, optional=True),
-                io.Combo.Input("axes", options=list(AXES), default="y_up (LGM)", optional=True,
-                               tooltip="y_up keeps LGM's world as LGM writes it; y_down rotates 180° about x into the "
-                                       "3DGS frame ComfyUI's splat nodes (Preview Splat, Get Splat) assume, so the "
-                                       "file opens upright there."),
+                io.Combo.Input("axes", options=list(AXES), default=AXES_DEFAULT, optional=True,
+                               tooltip="auto = each format's convention (y-down 3DGS frame for splat files, y-up for "
+                                       "glb): upright in SuperSplat, Spark and ComfyUI's splat viewer. y_up = LGM's "
+                                       "world as LGM writes it (upside down there); y_down = the 3DGS frame."),
+                io.Combo.Input("spz_version", options=SPZ_VERSIONS, default=str(_splatio().DEFAULT_SPZ_VERSION),
+                               optional=True,
+                               tooltip="spz only. 2 opens in every reader measured (rotations up to 11° off); 3 and 4 "
+                                       "keep rotations within 0.23° but some viewers cannot read them "
+                                       "(docs/formats.md)."),
             ],
             outputs=outputs,
             is_output_node=True,
@@ -140,26 +155,24 @@ class MVBoostSaveGaussians(io.ComfyNode):
 
     @classmethod
     def execute(cls, gaussians, filename_prefix, format, prune_opacity=0.005, preview=True, preview_size=256,
-                axes="y_up (LGM)") -> io.NodeOutput:
-        if format not in FORMATS:
-            raise ValueError(f"format {format!r} is not one of {list(FORMATS)}")
+                axes=AXES_DEFAULT, spz_version=None) -> io.NodeOutput:
+        sio = _splatio()
+        if format not in sio.FORMATS:
+            raise ValueError(f"format {format!r} is not one of {FORMATS}")
         if axes not in AXES:
             raise ValueError(f"axes {axes!r} is not one of {list(AXES)}")
-        ext, writer_name, kwargs = FORMATS[format]
-        writer = getattr(_gio(), writer_name, None)
-        if writer is None:
-            raise RuntimeError(f"this version of mvboost_core has no {writer_name}(); cannot write .{ext}")
+        options = {}
+        if format == "spz":
+            version = str(spz_version or sio.DEFAULT_SPZ_VERSION)
+            if version not in SPZ_VERSIONS:
+                raise ValueError(f"spz_version {spz_version!r} is not one of {SPZ_VERSIONS}")
+            options["version"] = int(version)
+        ext = sio.FORMATS[format].extension
         gaussians = _check_gaussians(gaussians, "Save Gaussians")  # before anything touches the disk
         out_dir = C.get_output_directory()
         folder, name, counter, sub, _ = C.get_save_image_path(filename_prefix, out_dir)
-        fname = f"{name}_{counter:05}_.{ext}"
-        full = os.path.join(folder, fname)
-        to_write = gaussians
-        if AXES[axes]:
-            from ..mvboost_core.splat_convert import rotate_x180
-
-            to_write = rotate_x180(gaussians)
-        writer(to_write, full, prune_opacity=prune_opacity, **kwargs)
+        full = os.path.join(folder, f"{name}_{counter:05}_{ext}")
+        sio.save(gaussians, full, format, axes=AXES[axes], prune_opacity=prune_opacity, **options)
         rel = os.path.relpath(full, out_dir).replace(os.sep, "/")
         progress = C.NodeProgress({}, node_id=cls.hidden.unique_id, title="Save Gaussians")
         progress.show(f"saved {rel}")  # the path, on the node (both frontends show progress text)
@@ -169,7 +182,7 @@ class MVBoostSaveGaussians(io.ComfyNode):
             ui_out = ui.PreviewImage(C.to_comfy_image(rgb), cls=cls)
         result = (rel,)
         if _HOST_FILE3D_TYPE:
-            result = result + (_file3d_output(full, ext),)
+            result = result + (_file3d_output(full, ext.lstrip(".")) if ext in _FILE3D_EXTS else None,)
         return io.NodeOutput(*result, ui=ui_out)
 
 
@@ -192,24 +205,24 @@ def _input_files() -> list[str]:
         return []
 
 
-def _ext(file: str) -> str:
+def _strip_tag(file: str) -> str:
     name = file or ""
     for tag in (" [input]", " [output]", " [temp]"):  # ComfyUI's annotated names, e.g. "a.ply [output]"
         if name.endswith(tag):
             name = name[: -len(tag)]
-    return os.path.splitext(name)[1].lower()
+    return name
 
 
 def _path(file: str) -> str:
     if not file:
         raise FileNotFoundError(
-            f"No Gaussian file selected: put a .ply/.splat/.spz into {C.get_input_directory()} (or use the node's "
+            f"No Gaussian file selected: put a .ply/.splat/.spz/.sog/.glb into {C.get_input_directory()} (or use the node's "
             "upload button) and refresh.")
     return C.get_annotated_filepath(file)
 
 
 class MVBoostLoadGaussians(io.ComfyNode):
-    """Read a Gaussian file (.ply 3DGS, .splat, .spz) from ComfyUI's input folder.
+    """Read a Gaussian file (.ply 3DGS or compressed, .splat, .spz, .sog, .glb) from ComfyUI's input folder.
 
     The upload button comes from this pack's frontend extension (``web/mvboost.js``): it sends the file through
     ComfyUI's ``/upload/image`` route into the input folder and selects it. (ComfyUI frontends only build upload
@@ -222,15 +235,22 @@ class MVBoostLoadGaussians(io.ComfyNode):
             node_id="MVBoostLoadGaussians",
             display_name=f"{C.DISPLAY_PREFIX}Load Gaussians",
             category=C.CATEGORY,
-            description=("Loads 3D Gaussians from the input folder (or input/3d): 3DGS .ply (any SH degree; the DC "
-                         "colour is kept), antimatter15 .splat, Niantic .spz. Use the upload button to add a file."),
+            description=("Loads 3D Gaussians from the input folder (or input/3d): 3DGS .ply (any SH degree, or "
+                         "PlayCanvas .compressed.ply; the DC colour is kept), antimatter15 .splat, Niantic .spz "
+                         "(v2-v4; v4's coordinate-system extension is honoured), PlayCanvas .sog, glTF .glb "
+                         "(KHR_gaussian_splatting). Use the upload button to add a file."),
             inputs=[io.Combo.Input("file", options=_input_files(),
-                                   tooltip="A .ply / .splat / .spz in ComfyUI's input folder.")],
+                                   tooltip="A .ply / .splat / .spz / .sog / .glb in ComfyUI's input folder."),
+                    io.Combo.Input("axes", options=list(AXES), default=AXES_DEFAULT, optional=True,
+                                   tooltip="The file's frame. auto = the format's convention (what every splat tool "
+                                           "writes; .spz v4 files that record their frame are converted from it). "
+                                           "y_up for .ply/.splat/.spz saved by older MVBoost versions with "
+                                           "axes = y_up (LGM).")],
             outputs=[GaussiansType.Output(display_name="gaussians")],
         )
 
     @classmethod
-    def fingerprint_inputs(cls, file):
+    def fingerprint_inputs(cls, file, axes=AXES_DEFAULT):
         try:
             with open(_path(file), "rb") as f:
                 return hashlib.sha256(f.read()).hexdigest()
@@ -238,22 +258,19 @@ class MVBoostLoadGaussians(io.ComfyNode):
             return float("nan")
 
     @classmethod
-    def validate_inputs(cls, file):
-        ext = _ext(file)
-        if ext not in _readable_extensions():
+    def validate_inputs(cls, file, axes=AXES_DEFAULT):
+        if not _strip_tag(file).lower().endswith(_readable_extensions()):
             return f"{file!r}: unsupported extension; readable: {', '.join(_readable_extensions())}"
         if not os.path.isfile(C.get_annotated_filepath(file)):
             return f"Gaussian file not found: {file} (looked in {C.get_input_directory()})"
         return True
 
     @classmethod
-    def execute(cls, file) -> io.NodeOutput:
+    def execute(cls, file, axes=AXES_DEFAULT) -> io.NodeOutput:
+        if axes not in AXES:
+            raise ValueError(f"axes {axes!r} is not one of {list(AXES)}")
         path = _path(file)
-        ext = _ext(file)
-        reader = getattr(_gio(), READERS.get(ext, ""), None)
-        if reader is None:
-            raise ValueError(f"{file!r}: unsupported extension {ext!r}; readable: {', '.join(_readable_extensions())}")
-        return io.NodeOutput(reader(path))
+        return io.NodeOutput(_splatio().load(path, axes=AXES[axes]))
 
 
 # =====================================================================================================================

@@ -33,7 +33,7 @@ def files_under(d) -> list[str]:
 
 def test_render_turntable_example_workflow(comfy_env):
     g = blob(comfy_env.core)
-    comfy_env.core.gaussians.save_ply(g, comfy_env.input_dir / "gaussians.ply")
+    comfy_env.core.splatio.save_ply(g, comfy_env.input_dir / "gaussians.ply")  # a 3DGS (y-down) file
     res = comfy_env.run_workflow(
         "workflows/api/render_turntable.json",
         overrides={"2": {"frames": 4, "resolution": 48}, "4": {"preview_size": 64}},
@@ -50,8 +50,10 @@ def test_render_turntable_example_workflow(comfy_env):
     assert comfy_env.progress.count((4, 4)) == 1  # one progress bar over the frames, every frame reported
     saved = res.output("4", 0)
     assert saved == "mvboost/gaussians_00001_.splat"
-    back = comfy_env.core.gaussians.load_splat(comfy_env.output_dir / saved)
+    back = comfy_env.core.splatio.load_splat(comfy_env.output_dir / saved)
     assert len(back) == len(g)
+    back = back[torch.cdist(g.means, back.means).argmin(dim=1)]  # loaded, re-saved: our world both times
+    assert float((back.means - g.means).abs().max()) < 1e-5
     assert [i["filename"] for i in res.ui["3"]["images"]] == [f"turntable_{k:05}_.png" for k in range(1, 5)]
     pv = res.ui["4"]["images"][0]
     assert pv["type"] == "temp" and (comfy_env.temp_dir / pv["subfolder"] / pv["filename"]).exists()
@@ -60,7 +62,8 @@ def test_render_turntable_example_workflow(comfy_env):
 
 
 @pytest.mark.parametrize("fmt,ext,tol", [("ply", "ply", 1e-6), ("ply_full", "ply", 1e-6),
-                                         ("splat", "splat", 2e-2), ("spz", "spz", 2e-2)])
+                                         ("splat", "splat", 2e-2), ("spz", "spz", 2e-2), ("sog", "sog", 2e-2),
+                                         ("glb", "glb", 1e-6)])
 def test_save_then_load_every_format(comfy_env, fmt, ext, tol):
     g = blob(comfy_env.core, n=64, seed=1)
     (path,) = comfy_env.run_node("MVBoostSaveGaussians", gaussians=g, filename_prefix="out/g", format=fmt,
@@ -76,6 +79,34 @@ def test_save_then_load_every_format(comfy_env, fmt, ext, tol):
     assert torch.allclose(back.means, g.means, atol=tol * 0.5)
     assert torch.allclose(back.colors, g.colors, atol=tol)
     assert torch.allclose(back.opacities, g.opacities, atol=tol)
+
+
+def test_save_gaussians_axes_and_spz_version_options(comfy_env):
+    """auto writes the 3DGS y-down frame into .ply (what SuperSplat/Spark/ComfyUI expect) and Load reads it back to
+    our world; the legacy y_up value keeps LGM's coordinates; spz_version picks the container version."""
+    core = comfy_env.core
+    g = blob(core, n=40, seed=3)
+    auto, _ = "auto (upright in SuperSplat / Spark / ComfyUI)", None
+    schema = comfy_env.nodes["MVBoostSaveGaussians"].define_schema()
+    combos = {i.id: i.options for i in schema.inputs if hasattr(i, "options")}
+    assert combos["format"] == list(core.splatio.FORMATS) and combos["spz_version"] == ["2", "3", "4"]
+    assert auto in combos["axes"] and "y_up (LGM)" in combos["axes"]
+    (p_auto,) = comfy_env.run_node("MVBoostSaveGaussians", gaussians=g, filename_prefix="ax/a", format="ply",
+                                   preview=False, prune_opacity=0.0)
+    (p_up,) = comfy_env.run_node("MVBoostSaveGaussians", gaussians=g, filename_prefix="ax/u", format="ply",
+                                 preview=False, prune_opacity=0.0, axes="y_up (LGM)")
+    raw_auto = core.splatio.load_ply(comfy_env.output_dir / p_auto, axes="y_up")  # coordinates as stored
+    raw_up = core.splatio.load_ply(comfy_env.output_dir / p_up, axes="y_up")
+    torch.testing.assert_close(raw_auto.means, g.means * torch.tensor([1.0, -1.0, -1.0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(raw_up.means, g.means, atol=1e-6, rtol=0)
+    (back,) = comfy_env.run_node("MVBoostLoadGaussians", file=f"{p_auto} [output]")
+    torch.testing.assert_close(back.means, g.means, atol=1e-6, rtol=0)
+    (back_up,) = comfy_env.run_node("MVBoostLoadGaussians", file=f"{p_up} [output]", axes="y_up (LGM)")
+    torch.testing.assert_close(back_up.means, g.means, atol=1e-6, rtol=0)
+    for v in ("2", "3", "4"):
+        (p,) = comfy_env.run_node("MVBoostSaveGaussians", gaussians=g, filename_prefix=f"v/{v}", format="spz",
+                                  preview=False, spz_version=v)
+        assert core.splatio.read_spz_header(comfy_env.output_dir / p)["version"] == int(v)
 
 
 def test_second_save_gets_the_next_counter_and_files_are_complete(comfy_env):

@@ -142,7 +142,7 @@ def test_save_gaussians_offers_a_core_file3d_that_core_parses_back(comfy_env_202
 def test_workflow_gaussians_through_core_splat_nodes_and_back(comfy_env_2026):
     env = comfy_env_2026
     g = blob(env.core, n=150, seed=5)
-    env.core.gaussians.save_ply(g, env.input_dir / "gaussians.ply", prune_opacity=0.0)
+    env.core.splatio.save_ply(g, env.input_dir / "gaussians.ply", prune_opacity=0.0)
     wf = {
         "1": {"class_type": "MVBoostLoadGaussians", "inputs": {"file": "gaussians.ply"}},
         "2": {"class_type": "MVBoostToComfySplat", "inputs": {"gaussians": ["1", 0]}},

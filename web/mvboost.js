@@ -2,6 +2,7 @@
 //
 // ComfyUI frontends build upload buttons only for image / video / audio inputs (image_upload, video_upload,
 // audio_upload; a "file_upload" flag is not read by any of them), so this adds one: it picks a .ply / .splat / .spz
+// / .sog / .glb
 // file, sends it through ComfyUI's own upload route (/upload/image stores any file in the input folder), adds the
 // name to the node's "file" list and selects it. Works with the legacy and current frontend packages alike (it only
 // uses app.registerExtension, api.fetchApi and node.addWidget).
@@ -9,7 +10,7 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const NODE_CLASS = "MVBoostLoadGaussians";
-const ACCEPT = ".ply,.splat,.spz";
+const ACCEPT = ".ply,.splat,.spz,.sog,.glb";
 
 async function uploadGaussians(file) {
   const body = new FormData();
