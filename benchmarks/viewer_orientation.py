@@ -40,7 +40,8 @@ SIZE = 160
 VIEWERS = {
     "ComfyUI core viewer (Spark, turned 180° about x)": ("spark", (1.3, 1.3, 1.3), 35.0),
     "Spark examples (turned 180° about x)": ("spark", (0.0, 0.0, 1.6), 50.0),
-    "SuperSplat viewer (PlayCanvas, turned 180° about z)": ("playcanvas", (1.55, 0.78, 1.55), 60.0),
+    "SuperSplat viewer (PlayCanvas engine; splats turned 180° about z, .glb unrotated)":
+        ("playcanvas", (1.55, 0.78, 1.55), 60.0),
     "three.js, no turn (GaussianSplats3D-like)": ("spark_raw", (0.0, 0.0, 1.6), 50.0),
 }
 
@@ -101,9 +102,8 @@ def main() -> int:
                                 ours = render(turned(g, axis), cam, background=(1.0, 1.0, 1.0)).rgb[0]
                             scores[axis] = psnr(shot, ours.clamp(0, 1).double().numpy())
                         best = max(scores, key=scores.get)
-                        side = "front" if (best in (None, "x")) == (eye[2] > 0) else "back"
-                        if fmt == "glb" or viewer != "playcanvas":
-                            pass
+                        # our front (+z) stays +z under identity / z180 and becomes -z under x180 / y180
+                        side = "front" if (best in (None, "z")) == (eye[2] > 0) else "back"
                         rows.append((fmt, axes, label, f"{labels[best]}; default camera sees the {side}",
                                      f"{scores[best]:.1f} dB (next {sorted(scores.values())[-2]:.1f})"))
         browser.close()
