@@ -457,9 +457,22 @@ def node_classes(package: types.ModuleType) -> dict:
         return await ext.get_node_list()
 
     out = {}
-    for cls in asyncio.run(_get()):
+    for cls in _run_coroutine(_get()):
         out[cls.GET_SCHEMA().node_id] = cls
     return out
+
+
+def _run_coroutine(coro):
+    """``asyncio.run`` — in a worker thread when this thread already runs an event loop (Playwright's sync API, used
+    by the session-wide ``chromium_browser`` fixture, keeps one running in the main thread)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def combo_options(cls, name: str) -> list:
