@@ -2,33 +2,37 @@
 
 Every loader (LGM, Era3D), node and CLI command asks this module which dtypes to use; nothing else probes the CPU.
 
-**The ``auto`` rule** (``choose(model, device, "auto", checkpoint_dtype)``). "storage" is the dtype the weights
-are kept in, "compute" the dtype of the activations and of each layer's weights while it runs:
+**The ``auto`` rule** (``choose(model, device, "auto", checkpoint)``), the same for LGM and Era3D. "storage" is the
+dtype the weights are kept in, "compute" the dtype of the activations and of each layer's weights while it runs. A
+half-precision compute dtype is picked for a device class only where it was measured faster than float32 and
+within the quality bounds (Era3D micro pipeline ≥ 35 dB vs fp32 for bf16; tests/test_era3d_pipeline.py):
 
-=======================================  ==================================  ==========  ==========================
-device class (:func:`device_class`)      storage                             compute     measurement behind it
-=======================================  ==================================  ==========  ==========================
-``cpu-avx2`` (no AVX-512), ``cpu-avx512``  the checkpoint's fp16/bf16 as is   float32     AMD EPYC AVX2, 2 threads
-(AVX-512 without bf16), ``cpu-other``    (released LGM and Era3D: fp16,      (both       (docs/benchmarks.md): bf16 and
-                                         exact values, half the memory),     models)     fp16 convolutions run 9-250x
-                                         float32 for fp32 checkpoints                    slower than fp32 there; fp16
-                                                                                         storage + fp32 compute = the
-                                                                                         fp32 result bit for bit, LGM
-                                                                                         big 13.4 s / 1.66 GiB vs fp32
-                                                                                         12.8-14.4 s / 2.39 GiB
-``cpu-avx512_bf16`` (avx512_bf16 or      LGM: as the row above               LGM: fp32   Xeon (Sapphire Rapids class),
-AMX)                                     Era3D: bfloat16                     Era3D: bf16 2 threads: see the
-                                                                                         ``avx512_bf16`` rows of
-                                                                                         docs/benchmarks.md
-                                                                                         ("Precision and CPU tactics")
-``cuda``                                 float16                             float16     upstream LGM and Era3D were
-                                                                                         released and run in fp16 on
-                                                                                         CUDA (Era3D: attention upcast
-                                                                                         to fp32, VAE fp32 when its
-                                                                                         config says force_upcast)
-``mps``                                  float16                             float16     not measured (no Apple
-                                                                                         machine); same as CUDA
-=======================================  ==================================  ==========  ==========================
+=========================  ====================================  ========  =============================================
+device class               storage                               compute   measurement behind it
+(:func:`device_class`)
+=========================  ====================================  ========  =============================================
+``cpu-avx2`` (no AVX-512)  the checkpoint's fp16/bf16 as is      float32   AMD EPYC, AVX2 only, 2 threads: bf16/fp16
+                           (the released LGM and Era3D: fp16;              convolutions 9-250x slower than fp32; fp16
+                           exact values, half the memory);                 storage + fp32 compute = the fp32 result bit
+                           float32 for fp32 checkpoints                    for bit, LGM big 13.4 s / 1.66 GiB vs fp32
+                                                                           12.8-14.4 s / 2.39 GiB (docs/benchmarks.md)
+``cpu-avx512_bf16``        as above                              float32   Intel Xeon VM with avx512_bf16 (no AMX
+(avx512_bf16 or AMX)                                                       exposed), 2 threads: Era3D UNet batch 12
+                                                                           bf16 compute 188.5 CPU-s vs fp32 149.2
+                                                                           (1.26x slower; op probe: bf16 3x3 conv 2.3x,
+                                                                           Linear 2.0x slower than fp32); LGM big see
+                                                                           docs/benchmarks.md, "Precision and CPU
+                                                                           tactics". bf16 compute is not measured
+                                                                           faster here, so ``auto`` keeps float32
+``cpu-avx512``,            as above                              float32   not measured; same rule (no native bf16)
+``cpu-other``
+``cuda``                   float16                               float16   upstream LGM and Era3D were released and run
+                                                                           in fp16 on CUDA (Era3D: attention upcast to
+                                                                           fp32, VAE fp32 when its config says
+                                                                           force_upcast); not run here (no GPU):
+                                                                           ``benchmarks/gpu_check.py`` checks it
+``mps``                    float16                               float16   not measured (no Apple machine); as CUDA
+=========================  ====================================  ========  =============================================
 
 :data:`AUTO` holds this table as data; the measured numbers are in ``docs/benchmarks.md``.
 
@@ -165,9 +169,7 @@ class Precision:
 AUTO: dict[tuple[str, str], torch.dtype] = {
     **{(m, "cuda"): torch.float16 for m in ("lgm", "era3d")},
     **{(m, "mps"): torch.float16 for m in ("lgm", "era3d")},
-    **{(m, f"cpu-{c}"): torch.float32 for m in ("lgm", "era3d") for c in ("avx2", "avx512", "other")},
-    ("lgm", "cpu-avx512_bf16"): torch.float32,
-    ("era3d", "cpu-avx512_bf16"): torch.bfloat16,
+    **{(m, f"cpu-{c}"): torch.float32 for m in ("lgm", "era3d") for c in ("avx2", "avx512", "avx512_bf16", "other")},
 }
 
 

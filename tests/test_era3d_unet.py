@@ -253,7 +253,7 @@ def test_bad_forward_inputs(micro_unet, micro_io):
 
 @pytest.mark.parametrize("cpu_class, want", [("avx2", Precision(torch.float16, torch.float32)),
                                              ("avx512", Precision(torch.float16, torch.float32)),
-                                             ("avx512_bf16", Precision(torch.bfloat16, torch.bfloat16))])
+                                             ("avx512_bf16", Precision(torch.float16, torch.float32))])
 def test_auto_rule_per_cpu_class(force_cpu_class, cpu_class, want):
     """The table of mvboost_core.precision for the released (fp16) checkpoint, forced per host class."""
     force_cpu_class(cpu_class)

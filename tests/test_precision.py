@@ -41,12 +41,13 @@ def test_avx2_host_class_is_what_pytorch_dispatches_to_under_aten_avx2():
     ("avx2", Precision(F16, F32), Precision(F16, F32)),
     ("avx512", Precision(F16, F32), Precision(F16, F32)),
     ("other", Precision(F16, F32), Precision(F16, F32)),
-    ("avx512_bf16", Precision(F16, precision.AUTO[("lgm", "cpu-avx512_bf16")]), Precision(BF16, BF16)),
+    # bf16 compute was measured slower than fp32 on the avx512_bf16 host we have (docs/benchmarks.md)
+    ("avx512_bf16", Precision(F16, F32), Precision(F16, F32)),
 ])
 def test_auto_table_for_the_released_fp16_checkpoints(force_cpu_class, cls, lgm, era3d):
     force_cpu_class(cls)
     assert precision.device_class("cpu") == f"cpu-{cls}"
-    want_lgm = lgm if lgm.compute == F32 else Precision(lgm.compute, lgm.compute)
+    want_lgm = lgm
     assert precision.choose("lgm", "cpu", "auto", F16) == want_lgm
     assert precision.choose("era3d", "cpu", "auto", F16) == era3d
     # fp32 checkpoints: stored in the compute dtype
