@@ -16,7 +16,8 @@ map size       image by image (b=1)   whole batch (b=12)
 8×8            –                      1.2–1.3× (slower)
 =============  =====================  ==========================
 
-so maps of ≥ 64×64 go image by image, 16×16 to <64×64 as a batch, smaller ones stay on oneDNN.
+so maps of ≥ 64×64 go image by image, 16×16 to <64×64 as a batch, smaller ones stay on oneDNN. On an AVX-512 Xeon
+the same shapes took 1.3–13× oneDNN's time with NNPACK, so the path is taken only on AVX2-only CPUs.
 
 Memory: PyTorch keeps NNPACK's workspace for the life of the thread at the largest size ever requested. The batch
 path's workspace is dominated by the transformed kernel, ``C_in·C_out·64`` floats (0.7 GB for Era3D's 2560→1280
