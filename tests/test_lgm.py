@@ -225,13 +225,12 @@ def test_image_by_image_inference_equals_batched_autograd_path(micro, lgm_fixtur
     assert (chunked - batched.detach()).abs().max() <= 2e-5
 
 
-def test_stem_and_head_image_by_image_equal_batched(micro, lgm_fixtures, monkeypatch):
+def test_stem_and_head_image_by_image_equal_batched(lgm_fixtures, monkeypatch):
     """With the threshold lowered to 32x32 the micro net's stem (conv_in + down block 0, 64x64) and head (last up
     block + conv_out, 32x32) run one image at a time under no_grad; the result must equal the batched path."""
     from mvboost_core.lgm import tactics
 
-    if not cpu_inference_tactics_enabled(micro):
-        pytest.skip("image-by-image is a CPU inference tactic")
+    micro = load_lgm(lgm_fixtures / "weights_micro.safetensors", cpu_tactics=True)  # a CPU inference tactic
     io = load_file(lgm_fixtures / "io_micro_b2.safetensors")
     monkeypatch.setattr(tactics, "CHUNK_PIXELS", 32 * 32)
     batches = {"conv_in": [], "conv_out": []}
