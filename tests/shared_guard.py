@@ -4,7 +4,8 @@
 writable, and a test writing there (a cache next to a fixture, a stray output) would pass here and change what
 later runs see. At session start every file and folder under it is recorded (relative path, size, mtime, mode);
 at session end the tree is compared and any added, removed or modified entry turns the exit status into
-"tests failed" with a report naming the entries. ``MVBOOST_SHARED_DIR`` overrides the folder (the guard's own
+"tests failed" with a report naming the entries (``__pycache__`` folders, which Python writes next to the vendored
+ComfyUI's modules when the folder is writable, are ignored). ``MVBOOST_SHARED_DIR`` overrides the folder (the guard's own
 test uses a writable copy). Loaded by ``tests/conftest.py`` (``pytest_plugins``).
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ def snapshot(root: Path) -> dict[str, tuple]:
     if not root.is_dir():
         return out
     for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]  # Python's own bytecode caches (vendored ComfyUI)
         for name in dirnames + filenames:
             p = Path(dirpath) / name
             try:
