@@ -60,7 +60,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_FIXTURES = Path(os.environ.get("MVBOOST_FIXTURES", REPO.parent / "shared" / "fixtures"))
-ALL_CASES = ["probe_bf16", "unet_fp32_b12", "unet_bf16_b12", "step_fp32_b24", "vae_decode12_fp32"]
+ALL_CASES = ["probe_bf16", "unet_fp32_b12", "unet_bf16_b12", "step_fp32_b24", "step_bf16_b24", "vae_decode12_fp32"]
 
 
 def _rss_mib(field: str = "VmHWM") -> float:
@@ -96,17 +96,22 @@ def _unet_config(fixtures: Path, unet_config: Path | None = None) -> dict:
 
 
 def _build_unet(fixtures: Path, dtype, pure_half: bool = False, unet_config: Path | None = None):
-    import torch
-
-    from mvboost_core.era3d import Era3DUNet, auto_dtype
+    """The UNet as ``load_era3d(dtype=...)`` would give it on this CPU: :func:`mvboost_core.precision.choose` for
+    the requested dtype (``pure_half``: store and compute in it whatever the CPU), CPU inference tactics on unless
+    ``ERA3D_BENCH_TACTICS=0``."""
+    from mvboost_core import precision
+    from mvboost_core.era3d import Era3DUNet
+    from mvboost_core.tactics import enable_cpu_inference_tactics
 
     cfg = _unet_config(fixtures, unet_config)
-    unet = Era3DUNet.from_config(cfg, device="meta").to(dtype=dtype)
+    prec = precision.Precision(dtype, dtype) if pure_half else precision.choose("era3d", "cpu", dtype)
+    unet = Era3DUNet.from_config(cfg, device="meta")
+    precision.apply_precision(unet, prec)
     unet = unet.to_empty(device="cpu")
     _fill_random_(unet)
     unet.eval().requires_grad_(False)
-    if dtype != torch.float32 and not pure_half and auto_dtype("cpu") == torch.float32:
-        unet.set_compute_dtype(torch.float32)  # what from_folder does on CPUs without native bf16
+    if os.environ.get("ERA3D_BENCH_TACTICS", "1") != "0":
+        enable_cpu_inference_tactics(unet)
     return unet
 
 
@@ -272,7 +277,7 @@ def run_case(case: str, fixtures: Path, threads: int, tmp: Path | None = None,
             out[str(dt).replace("torch.", "")] = times
         res["probe"] = out
         res["conv_slowdown_bf16"] = out["bfloat16"]["conv3x3_320_16x16"] / out["float32"]["conv3x3_320_16x16"]
-    elif case in ("unet_fp32_b12", "unet_bf16_b12", "step_fp32_b24"):
+    elif case in ("unet_fp32_b12", "unet_bf16_b12", "step_fp32_b24", "step_bf16_b24"):
         dtype = torch.bfloat16 if "bf16" in case else torch.float32
         batch = 24 if "b24" in case else 12
         t0 = time.perf_counter()
@@ -280,14 +285,16 @@ def run_case(case: str, fixtures: Path, threads: int, tmp: Path | None = None,
                            unet_config=unet_config)
         res["build_s"] = time.perf_counter() - t0
         res["weights_dtype"], res["compute_dtype"] = str(unet.dtype), str(unet.compute_dtype)
+        res["cpu_tactics"] = os.environ.get("ERA3D_BENCH_TACTICS", "1") != "0"
         res["rss_after_build_mib"] = _rss_mib("VmRSS")
         if tmp is not None:
             res["peak_rss_build_mib"] = _rss_mib("VmHWM")
             res["peak_reset"] = _reset_peak_rss()
-        sample, ehs, cls = _unet_inputs(batch, dtype, _unet_config(fixtures, unet_config))
+        # inputs in float32 as the pipeline passes them (the UNet casts to its compute dtype)
+        sample, ehs, cls = _unet_inputs(batch, torch.float32, _unet_config(fixtures, unet_config))
         with torch.inference_mode():
             t0, c0 = time.perf_counter(), time.process_time()
-            if case == "step_fp32_b24":
+            if case.startswith("step_"):
                 from diffusers import DDIMScheduler
 
                 sched = DDIMScheduler.from_config(
@@ -300,12 +307,15 @@ def run_case(case: str, fixtures: Path, threads: int, tmp: Path | None = None,
                 nu, nc, cu, cc = v.chunk(4)
                 uncond, cond = torch.cat([nu, cu]), torch.cat([nc, cc])
                 guided = uncond + 3.0 * (cond - uncond)
-                latents = sched.step(guided, t, latents, eta=1.0, generator=torch.Generator().manual_seed(0)).prev_sample
+                latents = sched.step(guided.float(), t, latents.float(), eta=1.0,
+                                     generator=torch.Generator().manual_seed(0)).prev_sample
                 res["finite"] = bool(torch.isfinite(latents).all())
                 res["timestep"] = int(t)
             else:
                 out, pose = unet(sample, 976, ehs, cls)
                 res["finite"] = bool(torch.isfinite(out).all())
+                if os.environ.get("ERA3D_BENCH_OUT_DIR"):
+                    torch.save(out.float(), Path(os.environ["ERA3D_BENCH_OUT_DIR"]) / f"{case}.pt")
             res["forward_s"] = time.perf_counter() - t0
             res["forward_cpu_s"] = time.process_time() - c0
         res["pose_shape"] = list(pose.shape)
@@ -327,9 +337,9 @@ def run_case(case: str, fixtures: Path, threads: int, tmp: Path | None = None,
         vae = vae.to_empty(device="cpu")
         _fill_random_(vae)
         if os.environ.get("ERA3D_BENCH_ONEDNN_VAE") != "1":
-            from mvboost_core.fastconv import use_fast_convs_
+            from mvboost_core.tactics import enable_cpu_inference_tactics
 
-            use_fast_convs_(vae)  # what Era3DPipeline does with its VAE
+            enable_cpu_inference_tactics(vae)  # what load_era3d does with its VAE (fastconv where the CPU prefers it)
         vae.eval().requires_grad_(False)
         res["build_s"] = time.perf_counter() - t0
         lat = torch.randn(12, 4, 64, 64, generator=torch.Generator().manual_seed(2))
@@ -381,15 +391,19 @@ def main() -> None:
 
     import torch
 
+    from mvboost_core import precision
+
     print(f"# Era3D benchmark  torch {torch.__version__}  python {platform.python_version()}  "
           f"cpu {platform.processor() or platform.machine()} ({os.cpu_count()} cores)  threads {args.threads}  "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+          f"CPU class {precision.cpu_info().cpu_class}  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     if args.unet_config is not None:
         print(f"# UNet config: {args.unet_config}")
     rows = []
     diffs = []
     bf16_ok = True
     tmp_root = Path(tempfile.mkdtemp(prefix="era3d_bench_")) if args.reference else None
+    out_dir = Path(tempfile.mkdtemp(prefix="era3d_bench_out_"))
+    os.environ["ERA3D_BENCH_OUT_DIR"] = str(out_dir)
 
     def child(case: str, python: str, env: dict, extra: list[str]) -> dict:
         load0 = _load_avg()
@@ -409,7 +423,7 @@ def main() -> None:
 
     for case in [c.strip() for c in args.cases.split(",") if c.strip()]:
         env = dict(os.environ)
-        if case == "unet_bf16_b12" and args.force_bf16:
+        if "bf16" in case and args.force_bf16:
             if not bf16_ok:
                 print("# warning: pure bf16 compute on a CPU without native bf16: expect hours", flush=True)
             env["ERA3D_BENCH_PURE_HALF"] = "1"
@@ -435,6 +449,11 @@ def main() -> None:
                                  f"wall ratio ours/reference {ours_row['forward_s'] / rows[-1]['forward_s']:.3f}")
     if tmp_root is not None:
         shutil.rmtree(tmp_root, ignore_errors=True)
+    if (out_dir / "unet_fp32_b12.pt").exists() and (out_dir / "unet_bf16_b12.pt").exists():
+        a, b = torch.load(out_dir / "unet_fp32_b12.pt"), torch.load(out_dir / "unet_bf16_b12.pt")
+        diffs.append(f"unet_bf16_b12 vs unet_fp32_b12 (same random weights, bf16-rounded): relative L2 "
+                     f"{((b - a).norm() / a.norm()).item():.3e}, max |Δ| {(b - a).abs().max().item():.3e}")
+    shutil.rmtree(out_dir, ignore_errors=True)
 
     print("\n| case | build s | forward wall s | forward CPU s | peak RSS GiB | load avg (before/after) | note |")
     print("|---|---|---|---|---|---|---|")

@@ -58,18 +58,30 @@ def _views(size=256):
 
 
 def _our_model(dtype_name: str):
+    """LGM big as ``load_lgm(dtype=...)`` gives it on this CPU for an fp16 checkpoint: ``"auto"``, ``"fp32"``,
+    ``"fp16"``, ``"bf16"`` through :func:`mvboost_core.precision.choose`, or ``"<storage>:<compute>"`` (e.g.
+    ``bf16:bf16``) to force a pair; CPU inference tactics on unless ``LGM_BENCH_TACTICS=0``."""
     import torch
 
+    from mvboost_core import precision
     from mvboost_core.lgm import LGM, init_lgm_weights_
+    from mvboost_core.tactics import enable_cpu_inference_tactics
 
-    dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
+    if ":" in dtype_name:
+        s, c = (precision.parse_dtype(n) for n in dtype_name.split(":"))
+        prec = precision.Precision(s, c)
+    else:
+        prec = precision.choose("lgm", "cpu", dtype_name, torch.float16)
     with torch.device("meta"):
         m = LGM("big")
-    m = m.to(dt)  # still meta: no allocation
-    # fp16 values like the public checkpoint, stored directly in `dt` one tensor at a time (no transient fp16
-    # copy of the model, no freed holes left in the heap)
+    precision.apply_precision(m, prec)  # still meta: no allocation
+    # fp16 values like the public checkpoint, stored directly in each tensor's dtype one tensor at a time (no
+    # transient fp16 copy of the model, no freed holes left in the heap)
     init_lgm_weights_(m, round_to=torch.float16)
-    return m.eval().requires_grad_(False)
+    m.eval().requires_grad_(False)
+    if os.environ.get("LGM_BENCH_TACTICS", "1") != "0":
+        enable_cpu_inference_tactics(m)
+    return m
 
 
 def _reference_model(ref_dir: str, dtype_name: str):
@@ -132,7 +144,7 @@ def worker(args) -> None:
     t0 = time.perf_counter()
     if args.impl == "ours":
         model = _our_model(args.dtype)
-        cdt = model.resolved_compute_dtype()
+        cdt = model.compute_dtype
     else:
         model = _reference_model(args.reference, args.dtype)
         cdt = next(model.parameters()).dtype
@@ -223,8 +235,11 @@ def main() -> None:
         print(f"done: {impl} {dt} best {min(r['wall']):.1f}s", file=sys.stderr, flush=True)
 
     load = os.getloadavg()
+    from mvboost_core import precision
+
     print(f"\nLGM big forward, 1 sample, {args.threads} threads, torch {torch.__version__}, "
-          f"{platform.processor() or platform.machine()}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"{platform.processor() or platform.machine()}, CPU class {precision.cpu_info().cpu_class}, "
+          f"tactics {'off' if os.environ.get('LGM_BENCH_TACTICS') == '0' else 'on'}, "
           f"load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}")
     print("| impl | weights -> compute | forward wall s (best / first) | forward CPU s (best) | RSS after import "
           "torch GiB | RSS after build GiB | peak RSS GiB | peak above import GiB |")

@@ -168,7 +168,10 @@ def cmd_generate(args) -> int:
         bar.n = done
         bar.refresh()
 
-    print(f"Loading Era3D from {era3d_dir} and LGM from {lgm_path} on {device} ...", flush=True)
+    from . import precision
+
+    print(f"Loading Era3D from {era3d_dir} and LGM from {lgm_path} ({precision.describe('era3d', device, args.dtype)}; "
+          f"{precision.describe('lgm', device, args.dtype, lgm_path)}) ...", flush=True)
     era3d = load_era3d(era3d_dir, device=device, dtype=args.dtype)
     lgm = load_lgm(lgm_path, device=device, dtype=args.dtype)
     if args.lora:
@@ -263,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lora", default=None, help="MVBoost LoRA adapter (.safetensors) for LGM")
     g.add_argument("--lora-strength", type=float, default=1.0)
     g.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
-    g.add_argument("--dtype", default="auto", help="auto|fp32|bf16|fp16")
+    g.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="weights/compute precision; auto = the per-device rule of mvboost_core.precision")
     g.add_argument("--models-dir", default=None, help="models folder (default: $MVBOOST_MODELS_DIR or user cache)")
     g.add_argument("--lgm", default=None, help="LGM checkpoint path or file name (default: the official one)")
     g.add_argument("--lgm-variant", default="fp16_fixrot", help=argparse.SUPPRESS)

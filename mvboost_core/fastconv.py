@@ -16,7 +16,8 @@ map size       image by image (b=1)   whole batch (b=12)
 8×8            –                      1.2–1.3× (slower)
 =============  =====================  ==========================
 
-so maps of ≥ 64×64 go image by image, 16×16 to <64×64 as a batch, smaller ones stay on oneDNN.
+so maps of ≥ 64×64 go image by image, 16×16 to <64×64 as a batch, smaller ones stay on oneDNN. On an AVX-512 Xeon
+the same shapes took 1.3–13× oneDNN's time with NNPACK, so the path is taken only on AVX2-only CPUs.
 
 Memory: PyTorch keeps NNPACK's workspace for the life of the thread at the largest size ever requested. The batch
 path's workspace is dominated by the transformed kernel, ``C_in·C_out·64`` floats (0.7 GB for Era3D's 2560→1280
@@ -32,8 +33,9 @@ hold, and otherwise calls ``F.conv2d`` unchanged:
 
 * NNPACK is available in this PyTorch build and enabled (``torch.backends.nnpack.flags(enabled=False)`` /
   ``set_flags(False)`` turns this module's fast path off, as it does PyTorch's own NNPACK use);
-* the CPU's best PyTorch capability is exactly ``AVX2`` (on AVX-512/AMX CPUs oneDNN has faster kernels; other
-  architectures are unmeasured);
+* the CPU class (:func:`mvboost_core.precision.cpu_info`) is one where NNPACK was measured faster,
+  :data:`NNPACK_CPU_CLASSES` (AVX2-only; on AVX-512 CPUs oneDNN is faster, see docs/benchmarks.md); tests force
+  the class to run this path on any x86 host;
 * float32 CPU tensors, NCHW-contiguous input, 4-D; no autograd needed (inference / ``no_grad``);
 * a 3×3 kernel, stride 1, padding 1, dilation 1, groups 1 (what UNets and decoders use);
 * a map of at least 16×16 pixels (the measured break-even).
@@ -49,22 +51,34 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["conv2d", "nnpack_eligible", "FastConv2d", "use_fast_convs_", "fast_path_available"]
+__all__ = ["conv2d", "nnpack_eligible", "FastConv2d", "use_fast_convs_", "fast_path_available", "nnpack_preferred",
+           "NNPACK_CPU_CLASSES"]
+
+
+#: CPU classes (:func:`mvboost_core.precision.cpu_info`) on which NNPACK's Winograd path was measured faster than
+#: oneDNN for these shapes (docs/benchmarks.md): AVX2-only CPUs. On AVX-512 CPUs oneDNN's kernels win.
+NNPACK_CPU_CLASSES = ("avx2",)
 
 
 @functools.lru_cache(maxsize=1)
-def _platform_ok() -> bool:
+def _nnpack_built() -> bool:
     try:
-        if torch.backends.cpu.get_cpu_capability() != "AVX2":
-            return False
         return bool(torch.backends.nnpack.is_available())  # also initialises NNPACK (required before first use)
     except Exception:  # noqa: BLE001 - any failure to query means: do not use NNPACK
         return False
 
 
+def nnpack_preferred() -> bool:
+    """Whether this CPU's class is one where NNPACK was measured faster (:data:`NNPACK_CPU_CLASSES`)."""
+    from . import precision
+
+    return precision.cpu_info().cpu_class in NNPACK_CPU_CLASSES
+
+
 def fast_path_available() -> bool:
-    """True when this machine and PyTorch build would use NNPACK for eligible convolutions."""
-    return _platform_ok() and bool(torch._C._get_nnpack_enabled())
+    """True when eligible convolutions of a :class:`FastConv2d` take NNPACK here: NNPACK built into PyTorch and
+    enabled (``torch.backends.nnpack.set_flags``), and this CPU class prefers it (:func:`nnpack_preferred`)."""
+    return nnpack_preferred() and _nnpack_built() and bool(torch._C._get_nnpack_enabled())
 
 
 #: smallest map (H·W) sent to NNPACK, and the size from which images go one at a time (see the module docstring)

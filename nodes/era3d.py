@@ -78,7 +78,8 @@ class MVBoostLoadEra3D(io.ComfyNode):
             description=(
                 "Loads an Era3D multi-view diffusion model (a diffusers folder in models/era3d). Pick the 'download:' "
                 "entry to fetch pengHTYX/MacLab-Era3D-512-6view from Hugging Face explicitly (about 4 GB). dtype auto "
-                "= fp16 on CUDA, fp32 on CPU; bf16 is a faster CPU option."),
+                "= fp16 on CUDA/MPS; on CPU fp32 compute with the fp16 weights kept as they are (mvboost_core.precision "
+                "has the table); bf16 computes in bf16 where the CPU has native bf16."),
             inputs=[
                 io.Combo.Input("model", options=names,
                                tooltip="a sub-folder of models/era3d containing model_index.json"),
@@ -89,11 +90,12 @@ class MVBoostLoadEra3D(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: str, dtype: str = "auto") -> io.NodeOutput:
-        from ..mvboost_core.era3d.pipeline import load_era3d, resolve_dtype
+        from ..mvboost_core import precision
+        from ..mvboost_core.era3d.pipeline import load_era3d
 
         path = _download(model) if model == DOWNLOAD_CHOICE else C.get_full_path("era3d", model)
-        dt = resolve_dtype(dtype, C.get_torch_device())
-        pipe = load_era3d(path, device=C.offload_device(), dtype=dt)
+        pipe = load_era3d(path, device=C.offload_device(),
+                          dtype=precision.choose("era3d", C.get_torch_device(), dtype, path))
         return io.NodeOutput(managed_era3d(pipe))
 
 

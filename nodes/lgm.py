@@ -32,19 +32,6 @@ def _download_lgm() -> str:
     return os.fspath(weights.download_lgm("fp16_fixrot", models_dir))
 
 
-def lgm_dtype(dtype: str, device):
-    """The node's dtype policy, in one place: the widget value and the compute device -> ``load_lgm``'s dtype.
-
-    auto on CPU: ``None`` (load_lgm keeps an fp16 checkpoint in fp16 and computes in fp32: exact, half the memory).
-    """
-    import torch
-
-    from ..mvboost_core.lgm import resolve_dtype
-
-    device = torch.device(device)
-    return None if dtype == "auto" and device.type == "cpu" else resolve_dtype(dtype, device)
-
-
 class MVBoostLGMLoader(io.ComfyNode):
     """Load an LGM checkpoint from ``models/lgm`` and optionally apply an MVBoost LoRA from ``models/lgm_loras``."""
 
@@ -62,7 +49,8 @@ class MVBoostLGMLoader(io.ComfyNode):
                 f"{RELEASED_FILE} from huggingface.co/ashawkey/LGM (pick the 'download:' entry to fetch it "
                 "explicitly). dtype auto = fp16 on CUDA/MPS; on CPU it keeps the fp16 checkpoint in fp16 and computes "
                 "in fp32 (exact, half the memory of fp32). bf16/fp16 on a CPU without native kernels for them also "
-                "compute in fp32. A LoRA from models/lgm_loras boosts LGM on Era3D views (MVBoost)."),
+                "compute in fp32 (mvboost_core.precision has the table). A LoRA from models/lgm_loras boosts LGM on "
+                "Era3D views (MVBoost)."),
             inputs=[
                 io.Combo.Input("ckpt_name", options=names, tooltip="an LGM .safetensors file in models/lgm"),
                 io.Combo.Input("dtype", options=DTYPES, default="auto"),
@@ -76,10 +64,12 @@ class MVBoostLGMLoader(io.ComfyNode):
     @classmethod
     def execute(cls, ckpt_name: str, dtype: str = "auto", lora_name: str = NO_LORA,
                 lora_strength: float = 1.0) -> io.NodeOutput:
+        from ..mvboost_core import precision
         from ..mvboost_core.lgm import load_lgm
 
         path = _download_lgm() if ckpt_name == DOWNLOAD_CHOICE else C.get_full_path("lgm", ckpt_name)
-        model = load_lgm(path, device=C.offload_device(), dtype=lgm_dtype(dtype, C.get_torch_device()))
+        model = load_lgm(path, device=C.offload_device(),
+                         dtype=precision.choose("lgm", C.get_torch_device(), dtype, path))
         if lora_name and lora_name != NO_LORA:
             try:
                 from ..mvboost_core.boost.lora import apply_lora

@@ -1,7 +1,11 @@
-"""Shared pytest fixtures: the path to ../shared/fixtures and deterministic CPU settings."""
+"""Shared pytest fixtures: the path to ../shared/fixtures, deterministic CPU settings, a writable cache folder,
+forcing a CPU class, and the ``../shared`` guard (``shared_guard.py``: the run fails if anything there changed)."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,7 +14,31 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("MVBOOST_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
 
+pytest_plugins = ["shared_guard"]
+
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# caches the code writes (e.g. Era3D prompt embeddings) go to a per-run temporary folder, never into the user's
+# cache or next to a fixture
+os.environ["MVBOOST_CACHE_DIR"] = tempfile.mkdtemp(prefix="mvboost-test-cache-")
+atexit.register(shutil.rmtree, os.environ["MVBOOST_CACHE_DIR"], True)
+
+
+@pytest.fixture
+def force_cpu_class(monkeypatch):
+    """``force_cpu_class("avx2" | "avx512" | "avx512_bf16" | "other")``: make :mod:`mvboost_core.precision` (and so
+    every CPU-capability decision: auto dtypes, NNPACK convolutions) see that CPU class for this test. The kernels
+    that then run are real; on a host of another class they are only slower (NNPACK runs on any x86-64 CPU with
+    AVX2; bf16/fp16 kernels run everywhere, emulated without native instructions)."""
+    from mvboost_core import precision
+
+    def force(cls: str):
+        isa = {"avx512_bf16": "avx512", "avx512": "avx512", "avx2": "avx2", "other": "other"}[cls]
+        info = precision.CpuInfo(isa, bf16=cls == "avx512_bf16")
+        monkeypatch.setattr(precision, "cpu_info", lambda: info)
+        return info
+
+    return force
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from mvboost_core.precision import Precision
 from mvboost_core.era3d.preprocess import (
     Era3DInputError,
     alpha_from_comfy_mask,
@@ -160,17 +161,21 @@ def _copy_micro(era3d_dir, dst: Path) -> Path:
     return out
 
 
-def test_prompt_embeddings_are_computed_once_cached_and_match_the_text_encoder(era3d_dir, tmp_path):
+def test_prompt_embeddings_are_computed_once_cached_and_match_the_text_encoder(era3d_dir, tmp_path, monkeypatch):
     from safetensors.torch import load_file
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from mvboost_core.era3d import pipeline as P
 
+    monkeypatch.setenv("MVBOOST_CACHE_DIR", str(tmp_path / "cache"))
     folder = _copy_micro(era3d_dir, tmp_path)
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
     P._MEMORY_PROMPT_CACHE.clear()
-    p1 = P.load_era3d(folder)
-    cache = folder / P.PROMPT_CACHE_NAME
-    assert cache.is_file()
+    p1 = P.load_era3d(folder, dtype="fp32")
+    caches = list((tmp_path / "cache" / "era3d_prompt_embeds").glob("*.safetensors"))
+    assert len(caches) == 1 and caches[0].stat().st_mode & 0o777 == 0o644
+    cache = caches[0]
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before  # the model folder is never written
     # independent computation: upstream's generate_fixed_text_embeds recipe, fp16 like the shipped .pt files
     tok = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
     te = CLIPTextModel.from_pretrained(str(folder / "text_encoder")).float().eval()
@@ -190,17 +195,14 @@ def test_prompt_embeddings_are_computed_once_cached_and_match_the_text_encoder(e
     P._MEMORY_PROMPT_CACHE.clear()
     shutil.rmtree(folder / "text_encoder")
     shutil.rmtree(folder / "tokenizer")
-    p2 = P.load_era3d(folder)
+    p2 = P.load_era3d(folder, dtype="fp32")
     assert torch.equal(p2.prompt_embeds, want)
-    # a folder marked read-only is never written, even by root
-    ro = _copy_micro(era3d_dir, tmp_path / "ro")
-    ro.chmod(0o555)
-    try:
-        P._MEMORY_PROMPT_CACHE.clear()
-        p3 = P.load_era3d(ro)
-        assert torch.equal(p3.prompt_embeds, want) and not (ro / P.PROMPT_CACHE_NAME).exists()
-    finally:
-        ro.chmod(0o755)
+    # an unwritable cache folder: the embeddings are kept in memory only, the load still works
+    monkeypatch.setenv("MVBOOST_CACHE_DIR", str(tmp_path / "file_not_dir"))
+    (tmp_path / "file_not_dir").write_text("x")
+    P._MEMORY_PROMPT_CACHE.clear()
+    other = _copy_micro(era3d_dir, tmp_path / "other")
+    assert torch.equal(P.load_era3d(other, dtype="fp32").prompt_embeds, want)
 
 
 def test_missing_component_and_foreign_unet_config_are_refused(era3d_dir, tmp_path):
@@ -359,21 +361,38 @@ def test_denoise_from_images_strength_semantics(pipe, reference_run):
         pipe.denoise_from_images(None, torch.rand(6, 64, 64, 3), cond_image, strength=0.5, steps=2)
 
 
-def test_bf16_pipeline_stays_close_to_fp32(era3d_dir, io, reference_run):
+#: decoded-image PSNR of the micro pipeline (3 steps, fixed latents) against fp32, per precision path. The claims
+#: differ: rounding only the stored UNet/CLIP weights (bf16 storage, fp32 compute: the CPU mode without native
+#: bf16) keeps > 40 dB; computing in bf16 (avx512_bf16 CPUs) must keep the issue's 35 dB bound; fp16 compute (the
+#: CUDA default) > 40 dB. Measured on an AVX-512/avx512_bf16 host in the comments.
+PIPELINE_PATHS = {
+    "bf16 weights, fp32 compute": (Precision(torch.bfloat16, torch.float32), 40.0),  # 49.2 dB
+    "bf16 compute": (Precision(torch.bfloat16, torch.bfloat16), 35.0),  # 36.4 dB
+    "fp16 compute": (Precision(torch.float16, torch.float16), 40.0),  # 54.6 dB
+}
+
+
+@pytest.mark.parametrize("path", list(PIPELINE_PATHS))
+def test_half_precision_pipeline_stays_close_to_fp32(era3d_dir, io, reference_run, path):
     from mvboost_core.era3d.pipeline import load_era3d
 
+    prec, min_db = PIPELINE_PATHS[path]
     res32, _ = reference_run
-    p16 = load_era3d(era3d_dir / "micro_pipeline", dtype="bf16",
-                     prompt_embeds=(io["normal_prompt_embeds"], io["color_prompt_embeds"]))
-    assert p16.dtype == torch.bfloat16
-    res16 = p16(io["input_rgba"], seed=42, steps=3, eta=0.0, latents=io["init_latents"])
-    a = torch.cat([res16.normals.images, res16.colors.images])
+    p = load_era3d(era3d_dir / "micro_pipeline", dtype=prec,
+                   prompt_embeds=(io["normal_prompt_embeds"], io["color_prompt_embeds"]))
+    assert p.unet.dtype == prec.storage and p.dtype == prec.compute
+    res = p(io["input_rgba"], seed=42, steps=3, eta=0.0, latents=io["init_latents"])
+    a = torch.cat([res.normals.images, res.colors.images])
     b = torch.cat([res32.normals.images, res32.colors.images])
     mse = float(((a - b) ** 2).mean())
     psnr = 10 * math.log10(1.0 / max(mse, 1e-12))
-    print(f"bf16 vs fp32 micro pipeline PSNR: {psnr:.1f} dB")
-    assert psnr > 40.0  # measured 46.8 dB (bf16 UNet + CLIP, fp32 VAE; 36 dB with a bf16 VAE)
-    assert p16.vae.dtype == torch.float32 and p16.image_encoder.dtype == torch.bfloat16
+    print(f"{path} vs fp32 micro pipeline PSNR: {psnr:.1f} dB")
+    assert psnr > min_db
+    assert p.image_encoder.dtype == prec.compute
+    # VAE: fp32 with bf16 (slow bf16 convolutions on CPUs without native bf16); fp16 unless force_upcast
+    vae_cfg = json.loads((era3d_dir / "micro_pipeline" / "vae" / "config.json").read_text())
+    want_vae = prec.compute if prec.compute == torch.float16 and not vae_cfg.get("force_upcast") else torch.float32
+    assert p.vae.dtype == want_vae
 
 
 # ------------------------------------------------------------------------------------ ComfyUI nodes
@@ -541,9 +560,10 @@ def test_sampling_from_given_clip_and_prompt_embeddings(pipe, io):
         pipe.encode_condition(ci, clip_embeds=io["clip_embeds"], prompt_embeds=io["prompt_embeds_cfg"])
 
 
-def test_prompt_cache_file_for_slimmed_folders_and_stale_caches(era3d_dir, io, tmp_path):
+def test_prompt_cache_file_for_slimmed_folders_and_stale_caches(era3d_dir, io, tmp_path, monkeypatch):
     from mvboost_core.era3d import pipeline as P
 
+    monkeypatch.setenv("MVBOOST_CACHE_DIR", str(tmp_path / "cache"))
     folder = _copy_micro(era3d_dir, tmp_path)
     # a stale cache (wrong fingerprint) next to a text encoder is recomputed, not trusted
     P.write_prompt_cache(folder, io["normal_prompt_embeds"], io["color_prompt_embeds"], fingerprint="stale")
@@ -559,5 +579,6 @@ def test_prompt_cache_file_for_slimmed_folders_and_stale_caches(era3d_dir, io, t
     assert torch.equal(p.prompt_embeds[:6], io["normal_prompt_embeds"])
     assert torch.equal(p.prompt_embeds[6:], io["color_prompt_embeds"])
     (folder / P.PROMPT_CACHE_NAME).unlink()
+    monkeypatch.setenv("MVBOOST_CACHE_DIR", str(tmp_path / "empty_cache"))  # no user cache of this folder either
     with pytest.raises(P.Era3DLoadError, match=r"text_encoder/"):
         P.load_era3d(folder)

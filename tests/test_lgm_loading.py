@@ -18,7 +18,7 @@ from mvboost_core.lgm import (
     read_state_dict,
     save_lgm_checkpoint,
 )
-from mvboost_core.lgm.network import cpu_has_native
+from mvboost_core import precision
 
 
 @pytest.fixture(scope="module")
@@ -43,17 +43,21 @@ def test_written_checkpoint_has_public_format(micro_fp16):
     assert "__metadata__" not in header
 
 
+@pytest.mark.parametrize("cpu_class", ["avx2", "avx512_bf16"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_fp16_checkpoint_loads_into_compute_dtype(micro_fp16, dtype):
+def test_fp16_checkpoint_loads_into_compute_dtype(micro_fp16, dtype, cpu_class, force_cpu_class):
     path, ref = micro_fp16
+    force_cpu_class(cpu_class)
     m = load_lgm(path, dtype=dtype)
     assert m.config.name == "micro" and m.dtype == dtype and not m.training
     assert all(not p.requires_grad for p in m.parameters())
     sd = m.state_dict()
     for k, v in ref.state_dict().items():
-        assert torch.equal(sd[k], v.half().to(dtype)), k  # fp16 values, exactly, in the new dtype
-    if dtype != torch.float32 and not cpu_has_native(dtype):
-        assert m.resolved_compute_dtype() == torch.float32  # no slow emulated bf16/fp16 kernels on this CPU
+        want = v.half().to(dtype if "norm" not in k else m.compute_dtype)  # norms are kept in the compute dtype
+        assert torch.equal(sd[k], want), k  # fp16 values, exactly, in the new dtype
+    # explicit bf16/fp16 on a CPU without native kernels for them: stored so, computed in float32
+    native = dtype == torch.float32 or (dtype == torch.bfloat16 and cpu_class == "avx512_bf16")
+    assert m.compute_dtype == (dtype if native else torch.float32)
     x = torch.rand(1, 4, 9, 64, 64)
     with torch.inference_mode():
         g = m.forward_gaussians(x)
@@ -165,10 +169,13 @@ def test_lpips_keys_are_ignored(micro_fp16, tmp_path):
     assert load_lgm(p).config.name == "micro"
 
 
-def test_auto_dtype_on_cpu_keeps_fp16_weights_and_computes_fp32(micro_fp16):
+@pytest.mark.parametrize("cpu_class", ["avx2", "avx512", "avx512_bf16"])
+def test_auto_dtype_on_cpu_keeps_fp16_weights_and_computes_fp32(micro_fp16, cpu_class, force_cpu_class):
     path, _ = micro_fp16
-    auto = load_lgm(path)  # dtype=None -> "auto"
-    assert auto.dtype == torch.float16 and auto.resolved_compute_dtype() == torch.float32
+    force_cpu_class(cpu_class)
+    auto = load_lgm(path)  # "auto": the precision table's CPU rows for LGM
+    assert auto.dtype == torch.float16 and auto.compute_dtype == torch.float32
+    assert precision.choose("lgm", "cpu", "auto", path) == precision.Precision(torch.float16, torch.float32)
     full = load_lgm(path, dtype="fp32")
     x = torch.rand(1, 4, 9, 64, 64)
     with torch.inference_mode():

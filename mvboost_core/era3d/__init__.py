@@ -2,9 +2,9 @@
 
 Importing this package imports diffusers (the UNet is built from diffusers parts).
 """
-from .unet import Era3DConfigError, Era3DUNet, auto_dtype, normalize_unet_config
+from .unet import Era3DConfigError, Era3DUNet, normalize_unet_config
 
-__all__ = ["Era3DUNet", "Era3DConfigError", "auto_dtype", "normalize_unet_config"]
+__all__ = ["Era3DUNet", "Era3DConfigError", "normalize_unet_config"]
 from .pipeline import (
     Era3DCondition,
     Era3DLoadError,

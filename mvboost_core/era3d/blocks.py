@@ -11,22 +11,16 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
 from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
 
-from ..heap import release_freed_heap
 from .attention import JointAttnProcessor, RowwiseMVAttnProcessor, SDPAAttnProcessor
 
 __all__ = [
     "MVTransformerBlock", "TransformerMV2D", "CrossAttnDownBlockMV2D", "CrossAttnUpBlockMV2D",
-    "MidBlockMV2DCrossAttn", "ResidualRegressor", "InferenceResnetBlock2D", "use_inference_resnets_",
+    "MidBlockMV2DCrossAttn", "ResidualRegressor",
 ]
-
-
-#: token count per feed-forward slice (see MVTransformerBlock.forward)
-FF_CHUNK_TOKENS = 8192
 
 
 class MVTransformerBlock(nn.Module):
@@ -58,34 +52,6 @@ class MVTransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, height: int, width: int) -> torch.Tensor:
         # the Attention modules run our processors (attention.py): joint / row-wise MV / cross
-        if torch.is_grad_enabled():
-            return self._forward_autograd(x, context, height, width)
-        # inference: the same sums, accumulated into tensors this block just allocated (each sublayer's output is
-        # fresh), which saves one large allocation and its page faults per residual on CPU
-        x = self.attn1(self.norm1(x)).add_(x)
-        if self.attn_mv is not None:
-            x = self.attn_mv(self.norm_mv(x), height=height, width=width).add_(x)
-        x = self.attn2(self.norm2(x), encoder_hidden_states=context).add_(x)
-        b, l, _ = x.shape
-        if b * l <= 2 * FF_CHUNK_TOKENS:
-            return self._feed_forward_inference(self.norm3(x)).add_(x)
-        # the GEGLU feed-forward is per token: run it on batch slices so its 8·C-wide intermediate stays small
-        # (≈85 MB instead of ≈1 GB at the 64×64 level with batch 12); the result is identical
-        out = torch.empty_like(x)
-        step = max(1, FF_CHUNK_TOKENS // l)
-        for i in range(0, b, step):
-            xs = x[i:i + step]
-            torch.add(self._feed_forward_inference(self.norm3(xs)), xs, out=out[i:i + step])
-        return out
-
-    def _feed_forward_inference(self, x: torch.Tensor) -> torch.Tensor:
-        """diffusers' GEGLU FeedForward (proj → a·gelu(gate) → dropout → linear) without autograd, with the
-        product written into gelu's output (a·g = g·a exactly). x [..., C] -> [..., C]."""
-        geglu, drop, out = self.ff.net[0], self.ff.net[1], self.ff.net[2]
-        a, gate = geglu.proj(x).chunk(2, dim=-1)
-        return out(drop(geglu.gelu(gate).mul_(a)))
-
-    def _forward_autograd(self, x: torch.Tensor, context: torch.Tensor, height: int, width: int) -> torch.Tensor:
         x = self.attn1(self.norm1(x)) + x
         if self.attn_mv is not None:
             x = self.attn_mv(self.norm_mv(x), height=height, width=width) + x
@@ -109,7 +75,6 @@ class TransformerMV2D(nn.Module):
         self.proj_out = nn.Linear(inner, in_channels)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        release_freed_heap(x)  # CPU inference: return the previous block's freed activations to the OS
         b, c, h, w = x.shape
         residual = x
         t = self.norm(x).permute(0, 2, 3, 1).reshape(b, h * w, c)
@@ -117,49 +82,7 @@ class TransformerMV2D(nn.Module):
         for blk in self.transformer_blocks:
             t = blk(t, context, h, w)
         t = self.proj_out(t)
-        # residual first: the sum then takes the residual's NCHW-contiguous layout (the convolutions that follow
-        # need NCHW for fastconv's NNPACK path); addition is commutative, so the values are identical
-        return residual + t.reshape(b, h, w, -1).permute(0, 3, 1, 2)
-
-
-class InferenceResnetBlock2D(ResnetBlock2D):
-    """diffusers' ``ResnetBlock2D`` (same modules and state dict) whose no-grad forward works in place.
-
-    GroupNorm → SiLU → conv1 → + temb → GroupNorm → SiLU → dropout → conv2 → + shortcut → / output_scale_factor,
-    the same operations on the same values as diffusers' forward, but SiLU, the temb and shortcut additions and the
-    scaling write into tensors the block just allocated, which saves four feature-map-sized allocations (and their
-    page faults on CPU) per block. Used when autograd is off and the block has no resampler, ``"default"`` temb
-    norm and a SiLU (Era3D's configuration); anything else runs diffusers' forward.
-    """
-
-    def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if (torch.is_grad_enabled() or args or kwargs or self.upsample is not None or self.downsample is not None
-                or self.time_embedding_norm != "default" or not isinstance(self.nonlinearity, nn.SiLU)):
-            return super().forward(input_tensor, temb, *args, **kwargs)
-        h = F.silu(self.norm1(input_tensor), inplace=True)
-        h = self.conv1(h)
-        if self.time_emb_proj is not None and temb is not None:
-            t = temb if self.skip_time_act else F.silu(temb)
-            h.add_(self.time_emb_proj(t)[:, :, None, None])
-        elif temb is not None:
-            h.add_(temb)
-        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=True)))
-        shortcut = input_tensor if self.conv_shortcut is None else self.conv_shortcut(input_tensor)
-        h.add_(shortcut)  # = shortcut + h (addition is commutative)
-        if self.output_scale_factor != 1.0:
-            h.div_(self.output_scale_factor)
-        return h
-
-
-def use_inference_resnets_(module: nn.Module) -> int:
-    """Switch every module of exact type diffusers ``ResnetBlock2D`` to :class:`InferenceResnetBlock2D` in place
-    (state dict unchanged). Returns the number switched."""
-    n = 0
-    for m in module.modules():
-        if type(m) is ResnetBlock2D:
-            m.__class__ = InferenceResnetBlock2D
-            n += 1
-    return n
+        return t.reshape(b, h, w, -1).permute(0, 3, 1, 2) + residual
 
 
 def _resnet(cin: int, cout: int, temb: int, eps: float, groups: int, act: str, scale: float = 1.0):

@@ -19,9 +19,9 @@ Conventions (every tensor of this module):
   ``[12,4,h,w]`` DDIM variance noise per step when ``eta > 0``. Results therefore do not depend on the compute
   device or dtype beyond rounding. (Upstream drew in the weights' dtype on CUDA; seeds do not carry over bit-wise.)
 
-Precision: the UNet and CLIP image encoder run in the pipeline's dtype (fp32; bf16 is a CPU option; fp16 is for
-CUDA), the VAE too except with bf16 or an fp16 ``force_upcast`` VAE (then fp32); the unCLIP noising, the CFG
-combination and the DDIM update always run in float32.
+Precision (:mod:`mvboost_core.precision`): the UNet stores and computes in the dtypes ``precision.choose("era3d",
+...)`` gives; the CLIP image encoder runs in the UNet's compute dtype, the VAE too except with bf16 or an fp16
+``force_upcast`` VAE (then fp32); the unCLIP noising, the CFG combination and the DDIM update always run in float32.
 """
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import precision
 from ..cameras import ERA3D_VIEWS, Cameras
-from ..fastconv import use_fast_convs_
 from ..multiview import MultiView, MultiViewResult
 from .preprocess import Era3DInputError, preprocess_image, preprocess_image_and_alpha
 
@@ -54,7 +54,7 @@ __all__ = [
     "era3d_prompts",
     "compute_prompt_embeds",
     "load_upstream_prompt_embeds",
-    "resolve_dtype",
+    "prompt_cache_dir",
     "PROMPT_TEMPLATE",
     "REQUIRED_COMPONENTS",
     "PROMPT_CACHE_NAME",
@@ -76,7 +76,8 @@ TEXT_COMPONENTS = ("text_encoder", "tokenizer")
 #: instead of the text encoder when present (bit-identical to the reference's prompt embeddings).
 UPSTREAM_PROMPT_DIR = "fixed_prompt_embeds_6view"
 
-#: File written next to the components (inside the model folder) holding the 12 fixed prompt embeddings.
+#: File holding the 12 fixed prompt embeddings: read when a model folder carries it (slimmed folders without a text
+#: encoder); the loader itself writes its cache into :func:`prompt_cache_dir`, never into a model folder.
 PROMPT_CACHE_NAME = "mvboost_prompt_embeds.safetensors"
 PROMPT_CACHE_FORMAT = "mvboost-era3d-prompt-embeds-v1"
 _PROMPT_CACHE_FORMAT = PROMPT_CACHE_FORMAT  # (older private name, used by mvboost_core.selftest)
@@ -96,20 +97,22 @@ class Era3DLoadError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def resolve_dtype(dtype, device) -> torch.dtype:
-    """``None``/"auto" -> fp16 on CUDA, fp32 elsewhere; "fp32"/"bf16"/"fp16" or a ``torch.dtype`` as given."""
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    if dtype is None or dtype == "auto":
-        return torch.float16 if dev.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
-        return dtype
-    names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-             "fp16": torch.float16, "float16": torch.float16}
-    if dtype not in names:
-        raise ValueError(f"dtype must be one of auto, fp32, bf16, fp16, got {dtype!r}")
-    return names[dtype]
+def prompt_cache_dir() -> Path:
+    """Where :func:`load_era3d` caches prompt embeddings it computed: ``$MVBOOST_CACHE_DIR/era3d_prompt_embeds`` if
+    set, else the per-user cache directory (``~/.cache/mvboost/era3d_prompt_embeds``; the platform's equivalent on
+    macOS/Windows). One file per model folder (named by a hash of its resolved path), holding the text encoder's
+    fingerprint: a cache whose folder's text encoder changed is recomputed; a folder whose text encoder was
+    removed after the first load keeps using it."""
+    env = os.environ.get("MVBOOST_CACHE_DIR")
+    if env:
+        base = Path(env).expanduser()
+    else:
+        from ..weights import default_models_dir
+
+        base = default_models_dir().parent  # <user cache>/mvboost (MVBOOST_MODELS_DIR does not move caches)
+        if os.environ.get("MVBOOST_MODELS_DIR"):
+            base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mvboost"
+    return base / "era3d_prompt_embeds"
 
 
 def era3d_prompts() -> tuple[list[str], list[str]]:
@@ -230,47 +233,51 @@ def write_prompt_cache(folder, normal: Tensor, color: Tensor, fingerprint: str =
     return path
 
 
-def _folder_is_writable(root: Path) -> bool:
-    """False for a folder marked read-only (no write bit at all), even for root, who ``os.access`` lets write
-    anywhere: shared model folders stay untouched."""
+def _user_cache_path(root: Path) -> Path:
+    return prompt_cache_dir() / (hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:32] + ".safetensors")
+
+
+def _read_prompt_cache(path: Path, fp: Optional[str]) -> Optional[tuple[Tensor, Tensor]]:
+    """The embeddings of a cache file in :data:`PROMPT_CACHE_FORMAT` whose fingerprint matches ``fp`` (any when
+    ``fp`` is None), else None (stale, foreign or unreadable files are ignored, never fatal)."""
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
     try:
-        st = root.stat()
-    except OSError:
-        return False
-    return bool(st.st_mode & 0o222) and os.access(root, os.W_OK)
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") == PROMPT_CACHE_FORMAT and (fp is None or meta.get("fingerprint") == fp):
+                return f.get_tensor("normal_prompt_embeds").float(), f.get_tensor("color_prompt_embeds").float()
+        log.info("[MVBoost] %s is stale (text encoder changed); recomputing", path)
+    except Exception as exc:
+        log.warning("[MVBoost] ignoring unreadable prompt cache %s: %s", path, exc)
+    return None
 
 
 def _load_prompt_embeds(root: Path, cache: bool) -> tuple[Tensor, Tensor]:
-    """Prompt embeddings from the cache file / memory, else computed from the folder's text encoder and cached."""
+    """Prompt embeddings from memory, the folder's own cache file, the user cache (:func:`prompt_cache_dir`), else
+    computed from the folder's text encoder and written to the user cache (never into the model folder)."""
     for comp in TEXT_COMPONENTS:
         if not (root / comp).is_dir():
-            cached = root / PROMPT_CACHE_NAME
-            if cache and cached.is_file():
+            if cache and ((root / PROMPT_CACHE_NAME).is_file() or _user_cache_path(root).is_file()):
                 break  # a cache without the text encoder is fine (e.g. a slimmed folder)
             raise Era3DLoadError(
                 f"Era3D folder {root} has no '{comp}/' sub-folder, needed once to compute the 12 fixed prompt "
                 f"embeddings (no {PROMPT_CACHE_NAME} cache either): {_FIX_HINT}"
             )
-    cache_path = root / PROMPT_CACHE_NAME
     fp = _text_encoder_fingerprint(root) if (root / "text_encoder").is_dir() else None
     key = (str(root.resolve()), fp or "")
     if cache and key in _MEMORY_PROMPT_CACHE:
         n, c = _MEMORY_PROMPT_CACHE[key]
         return n.clone(), c.clone()
-    if cache and cache_path.is_file():
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(cache_path), framework="pt") as f:
-                meta = f.metadata() or {}
-                if meta.get("format") == PROMPT_CACHE_FORMAT and (fp is None or meta.get("fingerprint") == fp):
-                    n = f.get_tensor("normal_prompt_embeds").float()
-                    c = f.get_tensor("color_prompt_embeds").float()
-                    _MEMORY_PROMPT_CACHE[key] = (n, c)
-                    return n.clone(), c.clone()
-                log.info("[MVBoost] %s is stale (text encoder changed); recomputing", cache_path)
-        except Exception as exc:  # a corrupt cache is recomputed, never fatal
-            log.warning("[MVBoost] ignoring unreadable prompt cache %s: %s", cache_path, exc)
+    user_cache = _user_cache_path(root)
+    if cache:
+        for path in (root / PROMPT_CACHE_NAME, user_cache):
+            got = _read_prompt_cache(path, fp)
+            if got is not None:
+                _MEMORY_PROMPT_CACHE[key] = got
+                return got[0].clone(), got[1].clone()
     from transformers import CLIPTextModel, CLIPTokenizer
 
     try:
@@ -285,14 +292,15 @@ def _load_prompt_embeds(root: Path, cache: bool) -> tuple[Tensor, Tensor]:
     del text_encoder, tokenizer  # freed: the text encoder is never needed again
     if cache:
         _MEMORY_PROMPT_CACHE[key] = (n, c)
-    if cache and not _folder_is_writable(root):
-        log.info("[MVBoost] %s is read-only; Era3D prompt embeddings kept in memory only", root)
-    elif cache:
         try:
-            write_prompt_cache(root, n, c, fingerprint=fp or "")
-            log.info("[MVBoost] cached Era3D prompt embeddings in %s", cache_path)
+            user_cache.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_save_safetensors(
+                {"normal_prompt_embeds": n.to(torch.float16), "color_prompt_embeds": c.to(torch.float16)},
+                user_cache, {"format": PROMPT_CACHE_FORMAT, "fingerprint": fp or "",
+                             "prompts": json.dumps(era3d_prompts()), "source": str(root)})
+            log.info("[MVBoost] cached Era3D prompt embeddings in %s", user_cache)
         except OSError as exc:
-            log.info("[MVBoost] model folder not writable (%s); prompt embeddings kept in memory only", exc)
+            log.info("[MVBoost] prompt cache %s not writable (%s); embeddings kept in memory only", user_cache, exc)
     return n.clone(), c.clone()
 
 
@@ -383,7 +391,6 @@ class Era3DPipeline:
     ):
         self.unet = unet
         self.vae = vae
-        use_fast_convs_(vae)  # NNPACK 3x3 path for fp32 CPU inference on AVX2-only CPUs (mvboost_core.fastconv)
         self.image_encoder = image_encoder
         self.feature_extractor = feature_extractor
         self.image_normalizer = image_normalizer
@@ -414,7 +421,8 @@ class Era3DPipeline:
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
+        """The UNet's compute dtype (its weights may be stored narrower: ``unet.dtype``)."""
+        return precision.compute_dtype(self.unet)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -426,14 +434,18 @@ class Era3DPipeline:
         return int(dict(self.unet.config)["sample_size"]) * self.vae_scale_factor
 
     def to(self, device=None, dtype=None) -> "Era3DPipeline":
-        """Move the networks (UNet, VAE, CLIP image encoder, normalizer); ``dtype`` casts UNet, CLIP and the VAE
-        (the VAE stays float32 for bf16, as in :func:`load_era3d`)."""
-        for m in (self.unet, self.image_encoder):
-            m.to(device=device, dtype=dtype)
+        """Move the networks (UNet, VAE, CLIP image encoder, normalizer). ``dtype`` (anything
+        :func:`mvboost_core.precision.choose` accepts, for the target device) sets the UNet's precision, the CLIP
+        encoder's dtype to its compute dtype and the VAE's as in :func:`load_era3d`."""
         vae_dtype = None
+        self.unet.to(device=device)
+        self.image_encoder.to(device=device)
         if dtype is not None:
-            vae_dtype = torch.float32 if dtype == torch.bfloat16 or (
-                dtype == torch.float16 and self.vae.config.get("force_upcast", False)) else dtype
+            prec = precision.choose("era3d", device if device is not None else self.device, dtype)
+            precision.apply_precision(self.unet, prec)
+            self.image_encoder.to(dtype=prec.compute)
+            vae_dtype = torch.float32 if prec.compute == torch.bfloat16 or (
+                prec.compute == torch.float16 and self.vae.config.get("force_upcast", False)) else prec.compute
         torch.nn.Module.to(self.vae, device=device, dtype=vae_dtype)  # (diffusers' override only adds warnings)
         if device is not None:
             self.image_normalizer.to(device, torch.float32)  # diffusers' own .to(torch_device, torch_dtype)
@@ -980,6 +992,7 @@ def load_era3d(
     *,
     prompt_embeds=None,
     cache_prompt_embeds: bool = True,
+    cpu_tactics: bool | None = None,
 ) -> Era3DPipeline:
     """Load an Era3D diffusers folder (the released ``pengHTYX/MacLab-Era3D-512-6view`` layout).
 
@@ -990,9 +1003,11 @@ def load_era3d(
     ``mvdiffusion.models.unet_mv2d_condition`` class is ignored — nothing from upstream is imported).
 
     Prompt embeddings: the 12 fixed prompts (:func:`era3d_prompts`) are encoded once with the folder's
-    ``text_encoder``/``tokenizer`` (fp32, rounded to fp16 like upstream's shipped ``.pt`` files), cached in
-    ``<path>/mvboost_prompt_embeds.safetensors`` (atomic write; kept in memory only if the folder is read-only, i.e.
-    not writable or without any write permission bit; invalidated when the text encoder changes) and the text encoder is freed. Pass ``prompt_embeds=(normal [6,77,D],
+    ``text_encoder``/``tokenizer`` (fp32, rounded to fp16 like upstream's shipped ``.pt`` files), cached in the user
+    cache (:func:`prompt_cache_dir`, atomic write, keyed by the text encoder's fingerprint; a model folder is never
+    written) and the text encoder is freed. A ``<path>/mvboost_prompt_embeds.safetensors`` shipped with a folder
+    (:func:`write_prompt_cache`; slimmed folders without a text encoder) is used when its fingerprint matches. Pass
+    ``prompt_embeds=(normal [6,77,D],
     color [6,77,D])`` to skip this, or the path of upstream's ``mvdiffusion/data/fixed_prompt_embeds_6view`` folder
     (``normal_embeds.pt`` + ``clr_embeds.pt``, the exact tensors the reference used; see
     :func:`load_upstream_prompt_embeds`). Such a folder copied to ``<path>/fixed_prompt_embeds_6view/`` is used
@@ -1001,10 +1016,14 @@ def load_era3d(
     Args:
         path: the folder.
         device: target device (default cpu).
-        dtype: "auto" (fp16 on CUDA, fp32 otherwise), "fp32", "bf16", "fp16" or a torch dtype. It applies to the
-            UNet, the CLIP image encoder and the VAE, except that the VAE stays fp32 with bf16 (it is small, 84 M
-            parameters, and CPU bf16 convolutions without AVX512-BF16 fall back to a kernel ~15x slower than fp32)
-            and with fp16 when its config sets ``force_upcast`` (the released SD-2.1 VAE does).
+        dtype: "auto", "fp32", "bf16", "fp16", a torch dtype or a :class:`~mvboost_core.precision.Precision`,
+            resolved by :func:`mvboost_core.precision.choose` (its docstring has the ``auto`` table) into the UNet's
+            storage and compute dtypes. The CLIP image encoder runs in the compute dtype, the VAE too except that
+            it stays fp32 with bf16 (it is small, 84 M parameters, and CPU bf16 convolutions without AVX512-BF16
+            fall back to a kernel ~15x slower than fp32) and with fp16 when its config sets ``force_upcast`` (the
+            released SD-2.1 VAE does).
+        cpu_tactics: switch the CPU inference tactics of the UNet and the VAE on
+            (:func:`mvboost_core.tactics.enable_cpu_inference_tactics`; default: on for CPU).
 
     Raises:
         Era3DLoadError: missing folder/component/file, a UNet config of another model, incompatible components.
@@ -1015,23 +1034,30 @@ def load_era3d(
 
     root = Path(os.fspath(path)).expanduser()
     device = torch.device(device) if device is not None else torch.device("cpu")
-    dt = resolve_dtype(dtype, device)
+    precision.parse_dtype(dtype)  # a bad dtype fails here, before any loading
+    tactics_on = precision.cpu_tactics_default(device) if cpu_tactics is None else bool(cpu_tactics)
     upstream_pe = root / UPSTREAM_PROMPT_DIR
     if prompt_embeds is None and all((upstream_pe / f).is_file() for f in ("normal_embeds.pt", "clr_embeds.pt")):
         prompt_embeds = upstream_pe
-    have_cache = (root / PROMPT_CACHE_NAME).is_file()
+    have_cache = (root / PROMPT_CACHE_NAME).is_file() or _user_cache_path(root).is_file()
     _check_folder(root, need_text=prompt_embeds is None and not (cache_prompt_embeds and have_cache))
 
     from .unet import Era3DUNet
 
-    unet = _load_component("unet/", lambda: Era3DUNet.from_folder(str(root / "unet"), device=device, dtype=dt))
+    unet = _load_component("unet/", lambda: Era3DUNet.from_folder(str(root / "unet"), device=device, dtype=dtype,
+                                                                  cpu_tactics=tactics_on))
+    dt = precision.compute_dtype(unet)
     vae_dt = _vae_dtype(dt, root / "vae" / "config.json")
-    if dt == torch.float16 and device.type == "cpu":
-        log.warning("[MVBoost] Era3D in fp16 on CPU is very slow (no fast fp16 matmul on CPUs); use fp32 or bf16")
+    if dt == torch.float16 and device.type == "cpu" and not precision.cpu_info().fp16:
+        log.warning("[MVBoost] Era3D in fp16 on CPU is very slow (no fast fp16 matmul on this CPU); use auto")
     vae = _load_component(
         "vae/", lambda: AutoencoderKL.from_pretrained(
             str(root / "vae"), use_safetensors=True, local_files_only=True, torch_dtype=vae_dt)
     ).to(device).eval()
+    if tactics_on:
+        from ..tactics import enable_cpu_inference_tactics
+
+        enable_cpu_inference_tactics(vae)  # fastconv 3x3 convolutions (NNPACK where the CPU class prefers it)
     image_encoder = _load_component(
         "image_encoder/",
         lambda: CLIPVisionModelWithProjection.from_pretrained(str(root / "image_encoder"), use_safetensors=True),

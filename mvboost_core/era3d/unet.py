@@ -18,10 +18,10 @@ blocks ``[normal_uncond, normal_cond, colour_uncond, colour_cond]`` (G = 2 per h
 State-dict keys and order are those of the released checkpoint (838 tensors, 947,664,646 parameters for the real
 config), so ``unet/diffusion_pytorch_model.safetensors`` loads by name; no upstream Era3D module is imported.
 
-Precision: float32 everywhere by default. float16/bfloat16 weights run with ``upcast_attention`` (attention core in
-float32); on CPUs without native bf16 instructions :meth:`Era3DUNet.from_folder` keeps half-precision weights but
-computes in float32 (:meth:`Era3DUNet.set_compute_dtype`), because PyTorch's half convolutions are 15-250x slower
-there. :func:`auto_dtype` picks the dtype to ask for.
+Precision: the weights' storage and compute dtypes come from :mod:`mvboost_core.precision` (``from_folder``'s
+``dtype``; the forward casts its inputs to :func:`~mvboost_core.precision.compute_dtype`). float16/bfloat16 compute
+runs with ``upcast_attention`` (attention core in float32). CPU inference tactics (in-place blocks, NNPACK
+convolutions, heap trimming) are in :mod:`.tactics`, switched by :func:`mvboost_core.tactics.enable_cpu_inference_tactics`.
 """
 from __future__ import annotations
 
@@ -33,15 +33,13 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.unets.unet_2d_blocks import DownBlock2D, UpBlock2D
 
-from ..fastconv import FastConv2d, use_fast_convs_
-from .blocks import (CrossAttnDownBlockMV2D, CrossAttnUpBlockMV2D, MidBlockMV2DCrossAttn, ResidualRegressor,
-                     use_inference_resnets_)
+from .. import precision
+from .blocks import CrossAttnDownBlockMV2D, CrossAttnUpBlockMV2D, MidBlockMV2DCrossAttn, ResidualRegressor
 
-__all__ = ["Era3DUNet", "Era3DConfigError", "normalize_unet_config", "load_unet_weights", "auto_dtype",
+__all__ = ["Era3DUNet", "Era3DConfigError", "normalize_unet_config", "load_unet_weights",
            "UNET_CLASS_NAMES", "WEIGHTS_NAME"]
 
 logger = logging.getLogger(__name__)
@@ -239,59 +237,6 @@ def _per_block(v, n):
     return list(v) if isinstance(v, (list, tuple)) else [v] * n
 
 
-def auto_dtype(device: torch.device | str | None = None) -> torch.dtype:
-    """The fastest dtype that keeps quality for this UNet on ``device``.
-
-    CUDA with bf16 support → bfloat16 (fp16 also works thanks to ``upcast_attention``); CPU → bfloat16 only when
-    the CPU has native bf16 matrix instructions (``avx512_bf16`` or AMX), else float32: on AVX2-only CPUs
-    PyTorch's bf16 convolutions run ~30–200× slower than fp32.
-    """
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    if dev.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if dev.type == "cpu":
-        try:
-            flags = Path("/proc/cpuinfo").read_text().split()
-        except OSError:
-            flags = []
-        if "avx512_bf16" in flags or "amx_bf16" in flags:
-            return torch.bfloat16
-    return torch.float32
-
-
-class _UpcastLinear(nn.Linear):
-    """nn.Linear whose (low-precision) weights are cast to the activation dtype at call time."""
-
-    def forward(self, x):
-        b = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.weight.to(x.dtype), b)
-
-
-class _UpcastConv2d(FastConv2d):
-    def forward(self, x):
-        b = None if self.bias is None else self.bias.to(x.dtype)
-        return self._conv_forward(x, self.weight.to(x.dtype), b)
-
-
-class _UpcastGroupNorm(nn.GroupNorm):
-    def forward(self, x):
-        w = None if self.weight is None else self.weight.to(x.dtype)
-        b = None if self.bias is None else self.bias.to(x.dtype)
-        return F.group_norm(x, self.num_groups, w, b, self.eps)
-
-
-class _UpcastLayerNorm(nn.LayerNorm):
-    def forward(self, x):
-        w = None if self.weight is None else self.weight.to(x.dtype)
-        b = None if self.bias is None else self.bias.to(x.dtype)
-        return F.layer_norm(x, self.normalized_shape, w, b, self.eps)
-
-
-_UPCAST = {nn.Linear: _UpcastLinear, FastConv2d: _UpcastConv2d, nn.GroupNorm: _UpcastGroupNorm,
-           nn.LayerNorm: _UpcastLayerNorm}
-_DOWNCAST = {v: k for k, v in _UPCAST.items()}
-
-
 class Era3DUNet(nn.Module):
     """Era3D multi-view UNet. Build with :meth:`from_config` / :meth:`from_folder`; see the module docstring.
 
@@ -381,12 +326,6 @@ class Era3DUNet(nn.Module):
         self.conv_norm_out = nn.GroupNorm(groups, boc[0], eps=eps)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(boc[0], cfg["out_channels"], kernel_size=kout, padding=(kout - 1) // 2)
-        self._compute_dtype: torch.dtype | None = None
-        # every conv (ours and diffusers' resnets/samplers) runs through fastconv.conv2d: NNPACK's Winograd 3x3
-        # path on AVX2-only CPUs for fp32 inference (0.6-0.77x oneDNN's time), F.conv2d everywhere else
-        use_fast_convs_(self)
-        # resnets (ours and diffusers' Down/UpBlock2D) work in place when autograd is off; same values
-        use_inference_resnets_(self)
 
     # ------------------------------------------------------------------ construction / loading
     @classmethod
@@ -399,12 +338,14 @@ class Era3DUNet(nn.Module):
 
     @classmethod
     def from_folder(cls, unet_dir: str | os.PathLike, device: torch.device | str | None = None,
-                    dtype: torch.dtype | None = None) -> "Era3DUNet":
+                    dtype="fp32", cpu_tactics: bool | None = None) -> "Era3DUNet":
         """Load a diffusers ``unet/`` folder: ``config.json`` + ``diffusion_pytorch_model.safetensors``.
 
-        Weights (float16 in the release) are converted tensor by tensor to ``dtype`` (default float32) on
-        ``device`` (default CPU); the state dict must match exactly (strict). Returns the model in eval mode with
-        ``requires_grad`` off.
+        ``dtype``: ``"fp32"`` (default: exact), ``"auto"`` (what :func:`~mvboost_core.era3d.load_era3d` passes by
+        default), ``"bf16"`` / ``"fp16"`` / a ``torch.dtype`` / a :class:`~mvboost_core.precision.Precision`, resolved by :func:`mvboost_core.precision.choose` for ``device``
+        (default CPU) and the checkpoint's dtype; weights are read tensor by tensor straight into their storage dtype.
+        ``cpu_tactics``: switch :mod:`.tactics` on (default: :func:`mvboost_core.precision.cpu_tactics_default`).
+        The state dict must match exactly (strict). Returns the model in eval mode with ``requires_grad`` off.
         """
         unet_dir = Path(unet_dir)
         if not unet_dir.is_dir():
@@ -424,15 +365,18 @@ class Era3DUNet(nn.Module):
             raise FileNotFoundError(
                 f"{weights} is missing (found: {alt or 'nothing else'}). Era3D's UNet loads from {WEIGHTS_NAME}; "
                 f"if you have a .bin checkpoint convert it to safetensors, or re-download the released folder.")
+        prec = precision.choose("era3d", device, dtype, weights)
         model = cls.from_config(config, device="meta")
-        sd = load_unet_weights(weights, model, device=device, dtype=dtype)
+        precision.apply_precision(model, prec)
+        sd = load_unet_weights(weights, model, device=device, dtype=precision.storage_dtypes(model))
         model.load_state_dict(sd, strict=True, assign=True)
         model.eval().requires_grad_(False)
-        if model.dtype in (torch.float16, torch.bfloat16) and model.device.type == "cpu" \
-                and auto_dtype("cpu") == torch.float32:
-            logger.info("Era3D UNet: %s weights on a CPU without native %s matrix instructions: computing in "
-                        "float32 (weights stay %s in memory)", model.dtype, model.dtype, model.dtype)
-            model.set_compute_dtype(torch.float32)
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        if precision.cpu_tactics_default(dev) if cpu_tactics is None else cpu_tactics:
+            from ..tactics import enable_cpu_inference_tactics
+
+            enable_cpu_inference_tactics(model)
+        logger.info("Era3D UNet: %s", prec)
         return model
 
     # ------------------------------------------------------------------ properties
@@ -450,6 +394,7 @@ class Era3DUNet(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The weights' storage dtype (see :attr:`compute_dtype`)."""
         return self.conv_in.weight.dtype
 
     @property
@@ -468,26 +413,8 @@ class Era3DUNet(nn.Module):
 
     @property
     def compute_dtype(self) -> torch.dtype:
-        """dtype of the activations inside :meth:`forward` (= the weights' dtype unless overridden)."""
-        return self._compute_dtype or self.dtype
-
-    def set_compute_dtype(self, dtype: torch.dtype | None) -> "Era3DUNet":
-        """Run the forward in ``dtype`` whatever the weights' dtype (``None`` = the weights' dtype).
-
-        Meant for float16/bfloat16 weights on CPUs without native bf16/fp16 matrix instructions (AVX2-only), where
-        PyTorch's half-precision convolutions are 15-250x slower than float32: with ``set_compute_dtype(float32)``
-        the weights stay half-size in memory and every Linear/Conv2d/GroupNorm/LayerNorm casts its weights to
-        float32 at call time (one layer at a time). Outputs are returned in the input ``sample``'s dtype.
-        State-dict keys are unchanged. :meth:`from_folder` turns this on automatically in that situation.
-        """
-        self._compute_dtype = dtype
-        upcast = dtype is not None and dtype != self.dtype
-        for m in self.modules():
-            if upcast and type(m) in _UPCAST:
-                m.__class__ = _UPCAST[type(m)]
-            elif not upcast and type(m) in _DOWNCAST:
-                m.__class__ = _DOWNCAST[type(m)]
-        return self
+        """dtype of the activations inside :meth:`forward` (:func:`mvboost_core.precision.compute_dtype`)."""
+        return precision.compute_dtype(self)
 
     # ------------------------------------------------------------------ forward
     def _check_inputs(self, sample, encoder_hidden_states, class_labels):
@@ -524,7 +451,7 @@ class Era3DUNet(nn.Module):
         cfg = self.config
         b = sample.shape[0]
         in_dtype = sample.dtype
-        dtype = self._compute_dtype or in_dtype
+        dtype = self.compute_dtype
         sample = sample.to(dtype)
 
         t = timestep
@@ -590,10 +517,11 @@ class Era3DUNet(nn.Module):
 
 
 def load_unet_weights(path: str | os.PathLike, model: nn.Module, device=None,
-                      dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Read a safetensors UNet checkpoint tensor by tensor (converted to ``dtype``, default float32) and check it
-    against ``model``'s state dict (keys and shapes). Raises ``ValueError`` listing missing / unexpected / mis-shaped
-    keys. Peak memory ≈ the converted weights plus one tensor."""
+                      dtype: "torch.dtype | dict[str, torch.dtype] | None" = None) -> dict[str, torch.Tensor]:
+    """Read a safetensors UNet checkpoint tensor by tensor (converted to ``dtype``, default float32, or per key when
+    ``dtype`` is a ``{key: dtype}`` dict) and check it against ``model``'s state dict (keys and shapes). Raises
+    ``ValueError`` listing missing / unexpected / mis-shaped keys. Peak memory ≈ the converted weights plus one
+    tensor."""
     from safetensors import safe_open
 
     dtype = dtype or torch.float32
@@ -629,6 +557,7 @@ def load_unet_weights(path: str | os.PathLike, model: nn.Module, device=None,
             raise ValueError(" ".join(msg))
         for k in expected:
             t = f.get_tensor(k)
-            out[k] = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+            dt = dtype.get(k, torch.float32) if isinstance(dtype, dict) else dtype
+            out[k] = t.to(device=device, dtype=dt if t.is_floating_point() else t.dtype)
             del t
     return out

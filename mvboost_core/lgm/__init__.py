@@ -9,8 +9,6 @@ The LoRA targets are the ``unet.*.attns.*.attn.qkv`` / ``.attn.proj`` Linear lay
 """
 from .checkpoint import (
     LGMCheckpointError,
-    auto_dtype,
-    resolve_dtype,
     detect_config,
     init_lgm_weights_,
     load_lgm,
@@ -24,7 +22,7 @@ from .network import LGM, MVAttention, gaussians_from_raw
 
 __all__ = [
     "LGM", "LGMConfig", "CONFIGS", "get_config", "MVAttention", "gaussians_from_raw",
-    "load_lgm", "LGMCheckpointError", "detect_config", "auto_dtype", "resolve_dtype", "read_safetensors_header",
+    "load_lgm", "LGMCheckpointError", "detect_config", "read_safetensors_header",
     "read_state_dict", "save_lgm_checkpoint", "init_lgm_weights_",
     "prepare_lgm_input", "reconstruct", "views_from_images", "IMAGENET_MEAN", "IMAGENET_STD",
 ]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from .. import precision
 from .config import CONFIGS, LGMConfig, get_config
 from .network import IN_CHANNELS, LGM, OUT_CHANNELS
 
@@ -36,8 +37,6 @@ __all__ = [
     "detect_config",
     "save_lgm_checkpoint",
     "init_lgm_weights_",
-    "auto_dtype",
-    "resolve_dtype",
 ]
 
 _ST_DTYPES = {
@@ -96,18 +95,22 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, int]:
     return header, data_start
 
 
-def read_state_dict(path, dtype: torch.dtype | None = None, device=None, keys=None) -> dict[str, torch.Tensor]:
+def read_state_dict(path, dtype=None, device=None, keys=None) -> dict[str, torch.Tensor]:
     """Read a safetensors file tensor by tensor with plain file reads (no mmap, so the file's pages never count
-    towards this process's memory), converting each tensor to ``dtype``/``device`` as it is read.
+    towards this process's memory), converting each tensor to ``dtype`` (one dtype, or ``{key: dtype}``) and
+    ``device`` as it is read.
     Only floating-point tensors are converted. When a CPU tensor is converted, its destination is allocated
     before the read buffer, which is freed right after the copy: freeing in reverse order of allocation leaves
     no holes in the C heap (glibc would otherwise keep up to ~0.2 GiB of freed read buffers resident)."""
     header, start = read_safetensors_header(path)
     on_cpu = device is None or torch.device(device).type == "cpu"
     out: dict[str, torch.Tensor] = {}
+    per_key = dtype if isinstance(dtype, dict) else None
     with open(path, "rb", buffering=0) as f:
         for k in sorted(header) if keys is None else keys:
             info = header[k]
+            if per_key is not None:
+                dtype = per_key.get(k)
             src_dtype = _ST_DTYPES[info["dtype"]]
             dst = None
             if src_dtype.is_floating_point and dtype not in (None, src_dtype) and on_cpu:
@@ -134,11 +137,6 @@ def read_state_dict(path, dtype: torch.dtype | None = None, device=None, keys=No
                 t = t.to(device)
             out[k] = t
     return out
-
-
-def _all_float16(path: Path) -> bool:
-    header, _ = read_safetensors_header(path)
-    return bool(header) and all(v["dtype"] == "F16" for v in header.values())
 
 
 def _read_any(path: Path) -> tuple[dict, str]:
@@ -223,65 +221,41 @@ def detect_config(shapes: dict) -> LGMConfig:
     return cfg
 
 
-def auto_dtype(device) -> torch.dtype:
-    """Default compute dtype: float32 on CPU (bf16 is only faster with avx512_bf16/AMX), float16 on CUDA/MPS."""
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    return torch.float32 if dev.type == "cpu" else torch.float16
-
-
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-           "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-
-
-def _resolve_dtype(dtype, device) -> torch.dtype:
-    if dtype is None or dtype == "auto":
-        return auto_dtype(device)
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return _DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise ValueError(f"Unknown dtype {dtype!r}; use auto, fp32, fp16 or bf16") from None
-
-
-def resolve_dtype(dtype, device) -> torch.dtype:
-    """``"auto"``/``None``/``"fp32"``/``"fp16"``/``"bf16"``/``torch.dtype`` -> ``torch.dtype`` (auto: :func:`auto_dtype`)."""
-    return _resolve_dtype(dtype, device)
-
-
 # ---------------------------------------------------------------------------------------------- loading
-def load_lgm(path, config: "str | LGMConfig | None" = None, device=None, dtype=None) -> LGM:
-    """Load an LGM checkpoint strictly and return the model in eval mode on ``device`` in ``dtype``.
+def load_lgm(path, config: "str | LGMConfig | None" = None, device=None, dtype="auto",
+             cpu_tactics: bool | None = None) -> LGM:
+    """Load an LGM checkpoint strictly and return the model in eval mode on ``device``.
 
     Args:
         path: a ``.safetensors`` file (public ``model_fp16_fixrot.safetensors`` or our own). Pickled files
             (``.pt``/``.pth``/``.ckpt``/``.bin``) are refused unless they load with ``torch.load(weights_only=True)``.
         config: config name / :class:`LGMConfig`; ``None`` detects it from the keys and shapes.
         device: target device (default CPU). Weights are read tensor by tensor and moved there directly.
-        dtype: weight dtype (``torch.dtype`` or "auto"/"fp32"/"fp16"/"bf16"). ``None``/"auto": on CPU, fp16
-            weights for an fp16 checkpoint (like the public one; exact and half the memory) else fp32, always
-            computing in fp32; on CUDA/MPS fp16. Explicit fp16/bf16 on a CPU without native kernels for them
-            also computes in fp32 (see :meth:`LGM.resolved_compute_dtype`).
+        dtype: ``"auto"``/``None``, ``"fp32"``/``"fp16"``/``"bf16"``, a ``torch.dtype`` or a
+            :class:`~mvboost_core.precision.Precision`, resolved by :func:`mvboost_core.precision.choose` into the
+            weights' storage and compute dtypes (``auto`` on CPU: the public fp16 checkpoint stays fp16 and computes
+            in fp32 -- exactly what the reference computes after loading it into its fp32 model -- at half the
+            memory; see the table there). Each tensor is read straight into its storage dtype.
+        cpu_tactics: switch the CPU inference tactics on (:func:`mvboost_core.tactics.enable_cpu_inference_tactics`;
+            default :func:`mvboost_core.precision.cpu_tactics_default`: on for CPU).
 
     Raises:
         FileNotFoundError, LGMCheckpointError: with every missing and unexpected key listed and every shape
-            mismatch named.
+            mismatch named. ValueError for an unknown dtype.
     """
     path = Path(path)
+    precision.parse_dtype(dtype)  # a bad dtype fails before the file is touched
     if not path.is_file():
         raise FileNotFoundError(f"LGM checkpoint not found: {path}")
     device = torch.device(device) if device is not None else torch.device("cpu")
-    auto = dtype is None or dtype == "auto"
-    dtype = _resolve_dtype(dtype, device)
     shapes, kind = _read_any(path)
-    if auto and device.type == "cpu" and kind == "safetensors" and _all_float16(path):
-        # The public checkpoint is fp16: keep it in fp16 (half the memory of fp32) and compute in fp32, which
-        # gives exactly what the reference computes after loading it into its fp32 model.
-        dtype = torch.float16
     state = None
+    ckpt_dtype = precision.checkpoint_dtype_of(path) if kind == "safetensors" else None
     if kind == "pickle":
         state = _load_pickle_weights_only(path)
         shapes = {k: tuple(v.shape) for k, v in state.items()}
+        floats = {v.dtype for v in state.values() if v.is_floating_point()}
+        ckpt_dtype = floats.pop() if len(floats) == 1 else None
     ignored = [k for k in shapes if k.startswith(_IGNORED_PREFIXES)]
     for k in ignored:
         shapes.pop(k)
@@ -292,8 +266,10 @@ def load_lgm(path, config: "str | LGMConfig | None" = None, device=None, dtype=N
         if "unet.conv_in.weight" not in shapes:
             raise LGMCheckpointError(f"{path} is not an LGM checkpoint: " + _describe_foreign(shapes))
 
+    prec = precision.choose("lgm", device, dtype, ckpt_dtype)
     with torch.device("meta"):
         model = LGM(cfg)
+    precision.apply_precision(model, prec)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(shapes))
     unexpected = sorted(set(shapes) - set(expected))
@@ -308,16 +284,19 @@ def load_lgm(path, config: "str | LGMConfig | None" = None, device=None, dtype=N
             lines.append(f"  wrong shape for {k}: checkpoint {list(shapes[k])}, model {list(expected[k])}")
         raise LGMCheckpointError("\n".join(lines))
 
+    want = precision.storage_dtypes(model)
     if state is None:
-        state = read_state_dict(path, dtype=dtype, device=device, keys=sorted(expected))
+        state = read_state_dict(path, dtype=want, device=device, keys=sorted(expected))
     else:
-        state = {k: state[k].to(device=device, dtype=dtype) for k in expected}
+        state = {k: state[k].to(device=device, dtype=want[k]) for k in expected}
     model.load_state_dict(state, strict=True, assign=True)
     del state
     model.eval().requires_grad_(False)
-    if auto and device.type == "cpu":
-        model.set_compute(torch.float32)
-    log.info("Loaded LGM '%s' from %s (%s, %s)", cfg.name, path.name, device, str(dtype).replace("torch.", ""))
+    if precision.cpu_tactics_default(device) if cpu_tactics is None else cpu_tactics:
+        from ..tactics import enable_cpu_inference_tactics
+
+        enable_cpu_inference_tactics(model)
+    log.info("Loaded LGM '%s' from %s (%s, %s)", cfg.name, path.name, device, prec)
     return model
 
 
