@@ -106,14 +106,18 @@ def test_run_completes_and_results_do_not_cover_other_nodes(app_page):
     entry = queue_and_wait(page, server, timeout=900)
     assert entry["status"]["status_str"] == "success", execution_error(entry)
     page.wait_for_timeout(2500)  # previews arrive over the websocket and are drawn
-    # Save Gaussians shows where it saved (the node's progress text) and its preview
+    # Save Gaussians shows where it saved (its saved_path widget, which stays after the run) and its preview
     shown = page.evaluate("""() => {
         const n = window.app.graph.getNodeById(7);
-        return (n.widgets || []).map(w => String(w.value ?? '')).filter(v => v.includes('saved '));
+        const w = (n.widgets || []).find(w => w.name === 'saved_path');
+        return w ? String(w.value) : null;
     }""")
     saved = entry["outputs"]["7"]
-    assert shown and "mvboost/browser_run_" in shown[0], shown
+    assert shown == saved["mvboost_saved"][0] and shown.startswith("mvboost/browser_run_"), (shown, saved)
+    assert (server.base / "output" / shown).is_file()
     assert saved["images"], saved
+    # the extra widget is display-only: the prompt the frontend builds is unchanged
+    assert "saved_path" not in graph_to_prompt(page)["7"]["inputs"]
     assert overlaps(boxes(page)) == [], f"after the run: {overlaps(boxes(page))}"
 
 

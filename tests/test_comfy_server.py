@@ -95,7 +95,7 @@ def test_every_api_workflow_succeeds_on_the_server(server, name):
             assert len(saved) == 1 and saved[0].endswith((".ply", ".splat", ".spz")), (new, path)
             assert (server.base / "output" / saved[0]).stat().st_size > 100
             assert path["images"] and path["images"][0]["type"] == "temp"  # the rendered preview
-            assert "text" not in path  # the path is shown as node text + the STRING output
+            assert "text" not in path and path["mvboost_saved"] == [saved[0]]  # shown by web/mvboost.js
         if node["class_type"] == "SaveImage":
             prefix = node["inputs"]["filename_prefix"]
             assert sum(f.startswith(prefix) and f.endswith(".png") for f in new) >= 1
