@@ -51,6 +51,7 @@ class StageProgress:
         self.stage: Optional[str] = None
         self._stage_start = self.start
         self._stage_start_units = 0
+        self._last_time = self.start
 
     # ---------------------------------------------------------------- updates
     def update(self, stage: str, done: int, total: Optional[int] = None) -> None:
@@ -66,9 +67,11 @@ class StageProgress:
             for k in names[: names.index(stage)]:
                 self.done[k] = self.totals[k]
             self.stage = stage
-            self._stage_start = self._clock()
-            self._stage_start_units = self.done.get(stage, 0)
+            # a stage reporting 0 starts now; one whose first report already counts units began after the last report
+            self._stage_start = self._clock() if int(done) == 0 else self._last_time
+            self._stage_start_units = 0 if int(done) > 0 else self.done.get(stage, 0)
         self.done[stage] = max(0, min(int(done), self.totals[stage] or int(done)))
+        self._last_time = self._clock()
 
     # ---------------------------------------------------------------- readings
     @property

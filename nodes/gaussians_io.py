@@ -175,11 +175,13 @@ class MVBoostSaveGaussians(io.ComfyNode):
         sio.save(gaussians, full, format, axes=AXES[axes], prune_opacity=prune_opacity, **options)
         rel = os.path.relpath(full, out_dir).replace(os.sep, "/")
         progress = C.NodeProgress({}, node_id=cls.hidden.unique_id, title="Save Gaussians")
-        progress.show(f"saved {rel}")  # the path, on the node (both frontends show progress text)
-        ui_out = None
+        progress.show(f"saved {rel}")  # live text on the node while the prompt runs
+        # "mvboost_saved": the pack's frontend extension (web/mvboost.js) shows it in a "saved_path" widget that
+        # stays after the run (frontends clear progress text when a job ends); "images": the rendered preview.
+        ui_out = {"mvboost_saved": [rel]}
         if preview:
             rgb, _ = _render_views(gaussians, 1, 0.0, 1.5, 49.1, int(preview_size), (1.0, 1.0, 1.0))
-            ui_out = ui.PreviewImage(C.to_comfy_image(rgb), cls=cls)
+            ui_out.update(ui.PreviewImage(C.to_comfy_image(rgb), cls=cls).as_dict())
         result = (rel,)
         if _HOST_FILE3D_TYPE:
             result = result + (_file3d_output(full, ext.lstrip(".")) if ext in _FILE3D_EXTS else None,)

@@ -1,6 +1,7 @@
 """ComfyUI contract: every node of the pack, the example workflows, import behaviour (see comfy_harness.py)."""
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import shutil
@@ -264,7 +265,7 @@ print(repr((n, heavy, torch.cuda.is_initialized(), round(dt, 2))))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     assert out.returncode == 0, out.stderr
-    n, heavy, cuda_init, _seconds = eval(out.stdout.strip().splitlines()[-1])
+    n, heavy, cuda_init, _seconds = ast.literal_eval(out.stdout.strip().splitlines()[-1])
     assert n > 0
     assert heavy == [], f"importing the pack pulled in heavy modules {heavy}; import them inside functions"
     assert cuda_init is False
@@ -287,7 +288,7 @@ print(repr((len(pkg.NODES), sorted(pkg.IMPORT_ERRORS), c.in_comfyui(), c.get_fol
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    n, errors, in_comfy, lgm_paths, files = eval(out.stdout.strip().splitlines()[-1])
+    n, errors, in_comfy, lgm_paths, files = ast.literal_eval(out.stdout.strip().splitlines()[-1])
     assert (n, errors, in_comfy, files) == (0, ["comfy_api"], False, [])
     assert lgm_paths == [str(tmp_path / "does_not_exist" / "lgm")]
     assert "comfy_api.latest" in out.stderr and "v0.3.64" in out.stderr

@@ -57,8 +57,10 @@ def test_render_turntable_example_workflow(comfy_env):
     assert [i["filename"] for i in res.ui["3"]["images"]] == [f"turntable_{k:05}_.png" for k in range(1, 5)]
     pv = res.ui["4"]["images"][0]
     assert pv["type"] == "temp" and (comfy_env.temp_dir / pv["subfolder"] / pv["filename"]).exists()
-    # the saved path is shown on the node (progress text, which both frontends display), not as ui "text"
+    # the saved path is shown on the node (progress text while running; "mvboost_saved" for the pack's frontend
+    # extension, which keeps it in a widget), not as ui "text" (core frontends do not show that)
     assert "text" not in res.ui["4"] and ("4", f"Save Gaussians: saved {saved}") in comfy_env.texts
+    assert res.ui["4"]["mvboost_saved"] == [saved]
 
 
 @pytest.mark.parametrize("fmt,ext,tol", [("ply", "ply", 1e-6), ("ply_full", "ply", 1e-6),

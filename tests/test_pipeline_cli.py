@@ -177,7 +177,7 @@ def test_image_to_3d_workflow_runs_and_ui_twins_match(comfy_env):
         assert {str(n["id"]) for n in ui["nodes"]} == set(twin)
         assert {n["type"] for n in ui["nodes"]} <= set(comfy_env.nodes) | {"LoadImage", "PreviewImage", "SaveImage"}
         assert (REPO / "workflows" / f"{name}.jpg").is_file()
-        models = [m for n in ui["nodes"] for m in n["properties"].get("models", [])]
+        models = [m for n in ui["nodes"] for m in n["properties"].get("models", [])] + ui.get("models", [])
         assert {m["directory"] for m in models} == {"lgm", "era3d"}
         assert all(m["url"].startswith("https://huggingface.co/") and m["name"] for m in models)
 

@@ -1,4 +1,7 @@
-// MVBoost for ComfyUI: the upload button of "MVBoost: Load Gaussians".
+// MVBoost for ComfyUI frontend extension:
+//  * the upload button of "MVBoost: Load Gaussians";
+//  * the saved path of "MVBoost: Save Gaussians", shown in a read-only "saved_path" widget after each run (its
+//    progress text is cleared by newer frontends when the job ends; core frontends do not show ui "text").
 //
 // ComfyUI frontends build upload buttons only for image / video / audio inputs (image_upload, video_upload,
 // audio_upload; a "file_upload" flag is not read by any of them), so this adds one: it picks a .ply / .splat / .spz
@@ -57,6 +60,33 @@ function addUploadButton(node) {
     return onRemoved?.apply(this, arguments);
   };
 }
+
+const SAVE_CLASS = "MVBoostSaveGaussians";
+
+function showSavedPath(node, path) {
+  let widget = node.widgets?.find((w) => w.name === "saved_path");
+  if (!widget) {
+    widget = node.addWidget("text", "saved_path", "", () => {}, { serialize: false });
+    widget.serialize = false;
+    widget.disabled = true;
+  }
+  widget.value = path;
+  node.setDirtyCanvas?.(true, true);
+}
+
+app.registerExtension({
+  name: "MVBoost.SaveGaussiansPath",
+  beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData?.name !== SAVE_CLASS) return;
+    const onExecuted = nodeType.prototype.onExecuted;
+    nodeType.prototype.onExecuted = function (message) {
+      const result = onExecuted?.apply(this, arguments);
+      const path = message?.mvboost_saved?.[0];
+      if (path) showSavedPath(this, String(path));
+      return result;
+    };
+  },
+});
 
 app.registerExtension({
   name: "MVBoost.LoadGaussiansUpload",
