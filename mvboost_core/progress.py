@@ -12,13 +12,121 @@ numbers:
 
 Nothing here touches ComfyUI or a terminal: :meth:`StageProgress.describe` returns a line such as
 ``"Era3D denoising 12/40 · 0:45 elapsed · ETA 1:45"``.
+
+Interruption (Ctrl-C in a terminal, Cancel in ComfyUI) uses one convention everywhere: long loops call a
+``check_interrupt()`` callable (ComfyUI passes ``comfy.model_management.throw_exception_if_processing_interrupted``;
+the core never imports ComfyUI) and let whatever it raises propagate; in a terminal, Ctrl-C raises
+``KeyboardInterrupt`` at the next Python bytecode. Loops that can leave a resumable state behind turn that into
+:class:`Interrupted` (a ``KeyboardInterrupt`` carrying a one-line ``summary`` of what is complete), which the
+commands print as ``interrupted; <summary>`` and exit with status 130 (:func:`report_interrupt`).
+:class:`DeferInterrupt` keeps a short critical section (e.g. one optimizer update) whole: a Ctrl-C arriving inside
+it is raised when it ends. :func:`interrupt_hooks` adds interruption points inside one long network forward (a
+forward pre-hook on chosen sub-modules; the maths is untouched).
 """
 from __future__ import annotations
 
+import contextlib
+import signal
+import sys
+import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
-__all__ = ["StageProgress", "format_duration"]
+__all__ = ["StageProgress", "format_duration", "Interrupted", "DeferInterrupt", "report_interrupt",
+           "interrupt_hooks", "EXIT_INTERRUPTED"]
+
+#: Exit status of a command stopped by Ctrl-C (128 + SIGINT, the shell convention).
+EXIT_INTERRUPTED = 130
+
+
+class Interrupted(KeyboardInterrupt):
+    """The user stopped a resumable run. ``summary``: what is complete and how to continue, one line without the
+    leading ``"interrupted; "``. A ``KeyboardInterrupt`` so that ``except Exception`` handlers never swallow it."""
+
+    def __init__(self, summary: str):
+        super().__init__(summary)
+        self.summary = summary
+
+
+def report_interrupt(exc: BaseException, default: str = "re-run the same command to resume", file=None) -> int:
+    """Print ``interrupted; <summary>`` (one line, no traceback) to stderr and return :data:`EXIT_INTERRUPTED`."""
+    summary = getattr(exc, "summary", None) or default
+    print(f"interrupted; {summary}", file=file or sys.stderr, flush=True)
+    return EXIT_INTERRUPTED
+
+
+class DeferInterrupt:
+    """Hold SIGINT during short critical sections: ``hold()`` ... ``release()`` (or ``with DeferInterrupt():``).
+
+    A Ctrl-C that arrives while held is remembered and raised as ``KeyboardInterrupt`` by :meth:`release`. Outside
+    the main thread (where Python cannot install signal handlers) it does nothing."""
+
+    def __init__(self):
+        self._prev = None
+        self._pending = False
+        self._held = False
+
+    def _handler(self, signum, frame):
+        self._pending = True
+
+    def hold(self) -> None:
+        if self._held or threading.current_thread() is not threading.main_thread():
+            return
+        self._pending = False
+        self._prev = signal.signal(signal.SIGINT, self._handler)
+        self._held = True
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        signal.signal(signal.SIGINT, self._prev)
+        self._held = False
+        if self._pending:
+            self._pending = False
+            raise KeyboardInterrupt
+
+    def release_quietly(self) -> None:
+        """Restore the previous handler and forget a pending Ctrl-C (the caller is already handling one)."""
+        if self._held:
+            signal.signal(signal.SIGINT, self._prev)
+            self._held = False
+        self._pending = False
+
+    def __enter__(self):
+        self.hold()
+        return self
+
+    def __exit__(self, *exc):
+        if exc[0] is not None:  # already leaving with an exception: do not replace it
+            if self._held:
+                signal.signal(signal.SIGINT, self._prev)
+                self._held = False
+            return False
+        self.release()
+        return False
+
+
+@contextlib.contextmanager
+def interrupt_hooks(module, check_interrupt: Optional[Callable[[], None]],
+                    kinds: Iterable[str] = ("Block", "Transformer", "Attention", "Resnet")):
+    """Call ``check_interrupt()`` before the forward of every sub-module of ``module`` whose class name contains
+    one of ``kinds`` (e.g. each ResnetBlock / transformer block of a UNet), so a cancel is honoured inside one long
+    forward instead of after it. Nothing happens when ``check_interrupt`` is None. The hooks are removed on exit."""
+    if check_interrupt is None or module is None:
+        yield
+        return
+    kinds = tuple(kinds)
+
+    def pre_hook(_mod, _args):
+        check_interrupt()
+
+    handles = [m.register_forward_pre_hook(pre_hook) for m in module.modules()
+               if any(k in type(m).__name__ for k in kinds)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def format_duration(seconds: Optional[float]) -> str:

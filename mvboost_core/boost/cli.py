@@ -120,6 +120,17 @@ def _device(arg: str):
 
 
 def cmd_boost_data(args) -> int:
+    """``boost-data``; Ctrl-C prints ``interrupted; N of M samples complete ..., re-run the same command to resume``
+    and returns 130 (only complete samples stay on disk)."""
+    from ..progress import report_interrupt
+
+    try:
+        return _boost_data(args)
+    except KeyboardInterrupt as e:
+        return report_interrupt(e, "no sample was being written; re-run the same command to resume")
+
+
+def _boost_data(args) -> int:
     from .dataset import MVBoostGenerator, SyntheticGenerator, generate_dataset, list_images
 
     device = _device(args.device)
@@ -162,11 +173,17 @@ def cmd_boost_data(args) -> int:
 
 
 def cmd_train_lora(args) -> int:
+    """``train-lora``; Ctrl-C saves a resumable checkpoint (single process), prints ``interrupted; ...`` and
+    returns 130."""
+    from ..progress import report_interrupt
     from .train import TrainConfig, train_lora
 
     fields = TrainConfig.__dataclass_fields__
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    train_lora(cfg)
+    try:
+        train_lora(cfg)
+    except KeyboardInterrupt as e:
+        return report_interrupt(e, "before the first training step; re-run the same command to start again")
     return 0
 
 

@@ -300,6 +300,8 @@ class MVBoostGenerator:
         self.strength, self.steps, self.guidance, self.crop_size = float(strength), int(steps), float(guidance), crop_size
         self.refine_steps = int(refine_steps or steps)
         self.lgm_config_name = lgm_config_name
+        #: called between the stages and after every denoising step (raise to stop); set by generate_dataset
+        self.check_interrupt = None
 
     @property
     def era3d(self):
@@ -340,14 +342,24 @@ class MVBoostGenerator:
         from ..refine import refine_views
         from ..render import render
 
+        tick = self.check_interrupt or (lambda: None)
+
+        def step_cb(*_):
+            tick()
+
         rgba, mask = self.load_image(item)
-        mv = self.era3d(rgba, seed=seed, steps=self.steps, guidance=self.guidance, crop_size=self.crop_size)
+        tick()
+        mv = self.era3d(rgba, seed=seed, steps=self.steps, guidance=self.guidance, crop_size=self.crop_size,
+                        callback=step_cb)
+        tick()
         size = self.lgm.config.input_size
         imgs4, cams4 = era3d_to_lgm(mv, size=size)
         gauss: Gaussians = reconstruct(self.lgm, imgs4[None].to(self.lgm.device), cams4)[0]
+        tick()
         input_image = mv.input_image if mv.input_image is not None else rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:])
         refined = refine_views(self.era3d, gauss, input_image, strength=self.strength, steps=self.refine_steps,
-                               guidance=self.guidance, seed=seed)
+                               guidance=self.guidance, seed=seed, callback=step_cb)
+        tick()
         cams = refined.colors.cameras
         rendered = render(gauss.to(dtype=torch.float32), cams.to(device=gauss.device))
         target_mask = refined.colors.masks if refined.colors.masks is not None else rendered.alpha[..., 0]
@@ -567,6 +579,7 @@ class GenerationReport:
     skipped: list[str] = field(default_factory=list)
     regenerated: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    current: str | None = None  # the item being worked on (for an interruption's count)
 
 
 def generate_dataset(
@@ -582,6 +595,7 @@ def generate_dataset(
     on_error: str = "raise",
     barrier: Callable[[], None] | None = None,
     is_main: bool | None = None,
+    check_interrupt: Callable[[], None] | None = None,
 ) -> GenerationReport:
     """Generate the samples of this process's shard of ``items`` into ``out`` (resumable, atomic).
 
@@ -589,7 +603,15 @@ def generate_dataset(
     shard is done the processes synchronise (``barrier``, default ``PartialState().wait_for_everyone``) and the
     main process rewrites ``manifest.json``. ``on_error="skip"`` logs a failing item and continues (it is retried
     by the next run); ``"raise"`` stops.
+
+    Interruption: ``check_interrupt()`` (e.g. ComfyUI's interrupt check; whatever it raises propagates) is called
+    before every item and handed to generators that have a ``check_interrupt`` attribute (:class:`MVBoostGenerator`
+    calls it between its stages and after every denoising step). A ``KeyboardInterrupt`` (Ctrl-C) at any point
+    leaves only complete samples (the one being written is removed, :func:`write_sample`) and is re-raised as
+    :class:`~mvboost_core.progress.Interrupted` saying how many of this process's samples are complete; the
+    manifest is not rewritten (the next run does it).
     """
+    from ..progress import Interrupted
     state = None
     if rank is None or world_size is None:
         state = partial_state()
@@ -615,7 +637,52 @@ def generate_dataset(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(mine), desc=f"boost-data [rank 0 of {world_size}]", unit="sample")
+    tick = _Tick(check_interrupt)
+    if check_interrupt is not None and getattr(generator, "check_interrupt", False) is None:
+        generator.check_interrupt = tick
+    try:
+        _generate_items(out, mine, generator, rep, seed, verify, on_error, gen_name, settings, bar, tick)
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+        n = len(rep.generated) + len(rep.skipped)
+        cur = rep.current
+        if cur is not None and cur not in rep.generated and sample_is_complete(out / SAMPLES_DIR / sample_id_for(cur)):
+            n += 1  # stopped right after its folder was renamed into place
+        where = f" of rank {rank}/{world_size}" if world_size > 1 else ""
+        raise Interrupted(f"{n} of {len(mine)} samples{where} complete in {out}, re-run the same command to "
+                          "resume") from None
+    if bar is not None:
+        bar.close()
+    if barrier is not None:
+        barrier()
+    if is_main:
+        write_manifest(out, gen_name, settings)
+    return rep
+
+
+class _Tick:
+    """``check_interrupt`` wrapper remembering what it raised, so ``on_error="skip"`` never swallows a cancel
+    (ComfyUI's interrupt exception is an ``Exception``)."""
+
+    def __init__(self, fn: Callable[[], None] | None):
+        self.fn, self.raised = fn, None
+
+    def __call__(self) -> None:
+        if self.fn is None:
+            return
+        try:
+            self.fn()
+        except BaseException as e:
+            self.raised = e
+            raise
+
+
+def _generate_items(out: Path, mine: list[str], generator, rep: GenerationReport, seed: int, verify: str,
+                    on_error: str, gen_name: str, settings: dict, bar, tick: _Tick) -> None:
     for name in mine:
+        tick()
+        rep.current = name
         sid = sample_id_for(name)
         folder = out / SAMPLES_DIR / sid
         for stale in (out / SAMPLES_DIR).glob(f".tmp-{sid}-*"):  # our own leftovers from a killed run
@@ -638,19 +705,12 @@ def generate_dataset(
                                             "settings": settings})
             rep.generated.append(name)
         except Exception as e:  # noqa: BLE001
-            if on_error == "raise":
+            if on_error == "raise" or e is tick.raised:
                 raise
             log.error("boost-data: item %s failed: %r (it will be retried by the next run)", name, e)
             rep.failed[name] = repr(e)
         if bar is not None:
             bar.update(1)
-    if bar is not None:
-        bar.close()
-    if barrier is not None:
-        barrier()
-    if is_main:
-        write_manifest(out, gen_name, settings)
-    return rep
 
 
 # --------------------------------------------------------------------------------------------- training view

@@ -232,6 +232,7 @@ def train_lora(cfg: TrainConfig) -> TrainResult:
     from accelerate.utils import set_seed
 
     from ..lgm import load_lgm, prepare_lgm_input
+    from ..progress import DeferInterrupt
     from .dataset import BoostDataset
     from .lora import base_weights_checksum, inject_lora, lora_parameters, save_adapter
 
@@ -292,42 +293,55 @@ def train_lora(cfg: TrainConfig) -> TrainResult:
                                          collate_fn=_stack, pin_memory=acc.device.type == "cuda",
                                          generator=torch.Generator().manual_seed(cfg.seed))
     batches = iter(loader)
-    while step < cfg.steps:
-        if cfg.stop_after is not None and step >= cfg.stop_after:
-            break
-        acc_loss, parts_acc = 0.0, {}
-        for micro in range(cfg.grad_accum):
-            batch = {k: v.to(acc.device, non_blocking=True) for k, v in next(batches).items()}
-            with acc.accumulate(model):
-                lgm_cams = [_cams(batch["lgm_c2w"][b], batch["lgm_intrinsics"][b], meta["lgm_width"],
-                                  meta["lgm_height"], meta["lgm_projection"]) for b in range(len(batch["index"]))]
-                from ..cameras import Cameras
+    saved_step = step  # the newest checkpoint on disk (or where we resumed from)
+    guard = DeferInterrupt()  # one optimizer update + its bookkeeping is never cut in half by Ctrl-C
+    rng = _rng_state()
+    try:
+        while step < cfg.steps:
+            if cfg.stop_after is not None and step >= cfg.stop_after:
+                break
+            acc_loss, parts_acc = 0.0, {}
+            for micro in range(cfg.grad_accum):
+                batch = {k: v.to(acc.device, non_blocking=True) for k, v in next(batches).items()}
+                with acc.accumulate(model):
+                    lgm_cams = [_cams(batch["lgm_c2w"][b], batch["lgm_intrinsics"][b], meta["lgm_width"],
+                                      meta["lgm_height"], meta["lgm_projection"]) for b in range(len(batch["index"]))]
+                    from ..cameras import Cameras
 
-                x = prepare_lgm_input(batch["lgm_input"], Cameras.cat(lgm_cams), size=lgm_size).to(acc.device)
-                with acc.autocast():
-                    raw = model(x)  # forward = forward_gaussians -> [B,N,14] float32
-                loss, parts = boost_loss(raw.float(), batch, meta, lpips_fn, cfg.lambda_lpips, cfg.lpips_size)
-                acc.backward(loss)
-                if acc.sync_gradients and cfg.grad_clip > 0:
-                    acc.clip_grad_norm_(params, cfg.grad_clip)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-            acc_loss += float(loss.detach()) / cfg.grad_accum
-            for kk, v in parts.items():
-                parts_acc[kk] = parts_acc.get(kk, 0.0) + v / cfg.grad_accum
-        # mean over processes for the log (every process logs the same numbers)
-        tot = torch.tensor([acc_loss] + [parts_acc[k] for k in sorted(parts_acc)], device=acc.device)
-        tot = acc.reduce(tot, reduction="mean")
-        rec = {"step": step + 1, "loss": float(tot[0]),
-               **{kk: float(v) for kk, v in zip(sorted(parts_acc), tot[1:])}, "lr": sched.get_last_lr()[0]}
-        losses.append(rec)
-        step += 1
-        bar.update(1)
-        if step % max(1, cfg.log_every) == 0:
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", psnr=f"{rec['psnr']:.2f}")
-        if cfg.save_every and step % cfg.save_every == 0:
-            _save_checkpoint(acc, ckpt_dir, step, losses, cfg, model, base_checksum)
+                    x = prepare_lgm_input(batch["lgm_input"], Cameras.cat(lgm_cams), size=lgm_size).to(acc.device)
+                    with acc.autocast():
+                        raw = model(x)  # forward = forward_gaussians -> [B,N,14] float32
+                    loss, parts = boost_loss(raw.float(), batch, meta, lpips_fn, cfg.lambda_lpips, cfg.lpips_size)
+                    acc.backward(loss)
+                    if acc.sync_gradients and cfg.grad_clip > 0:
+                        acc.clip_grad_norm_(params, cfg.grad_clip)
+                    if acc.sync_gradients:
+                        guard.hold()  # from the weight update to `step += 1`
+                    opt.step()
+                    sched.step()
+                    opt.zero_grad(set_to_none=True)
+                acc_loss += float(loss.detach()) / cfg.grad_accum
+                for kk, v in parts.items():
+                    parts_acc[kk] = parts_acc.get(kk, 0.0) + v / cfg.grad_accum
+            # mean over processes for the log (every process logs the same numbers)
+            tot = torch.tensor([acc_loss] + [parts_acc[k] for k in sorted(parts_acc)], device=acc.device)
+            tot = acc.reduce(tot, reduction="mean")
+            rec = {"step": step + 1, "loss": float(tot[0]),
+                   **{kk: float(v) for kk, v in zip(sorted(parts_acc), tot[1:])}, "lr": sched.get_last_lr()[0]}
+            losses.append(rec)
+            step += 1
+            rng = _rng_state()  # the RNG state at this step boundary (what a checkpoint here must hold)
+            guard.release()  # a Ctrl-C that came during the update is raised here, at a clean step boundary
+            bar.update(1)
+            if step % max(1, cfg.log_every) == 0:
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", psnr=f"{rec['psnr']:.2f}")
+            if cfg.save_every and step % cfg.save_every == 0:
+                _save_checkpoint(acc, ckpt_dir, step, losses, cfg, model, base_checksum)
+                saved_step = step
+    except KeyboardInterrupt:
+        guard.release_quietly()
+        bar.close()
+        raise _interrupted(acc, ckpt_dir, step, saved_step, losses, cfg, model, base_checksum, rng) from None
     bar.close()
     acc.wait_for_everyone()
     adapter = None
@@ -342,6 +356,41 @@ def train_lora(cfg: TrainConfig) -> TrainResult:
     acc.wait_for_everyone()
     acc.end_training()
     return TrainResult(adapter, step, losses)
+
+
+def _rng_state() -> dict:
+    """Torch CPU (and CUDA, when initialised) generator states: the RNG streams a step consumes (LoRA dropout)."""
+    st = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["cpu"])
+    if "cuda" in st:
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def _interrupted(acc, ckpt_dir: Path, step: int, saved_step: int, losses: list, cfg: TrainConfig, model,
+                 base_checksum, rng: dict):
+    """After Ctrl-C at a step boundary (``step`` updates done): save a resumable checkpoint there when it is new
+    and this is a single process (a few MB of LoRA + optimizer state; with several processes a collective save
+    could deadlock, so the last periodic checkpoint is the resume point). Returns the
+    :class:`~mvboost_core.progress.Interrupted` to raise."""
+    from ..progress import Interrupted
+
+    where = f"{step}/{cfg.steps} steps done"
+    if step > saved_step and acc.num_processes == 1:
+        _set_rng_state(rng)  # the generator state at this step boundary, as a periodic checkpoint would hold
+        _save_checkpoint(acc, ckpt_dir, step, losses, cfg, model, base_checksum)
+        return Interrupted(f"{where}, checkpoint saved in {ckpt_dir / f'step_{step:08d}'}; re-run the same command "
+                           "with --resume to continue")
+    if saved_step > 0:
+        return Interrupted(f"{where}, newest checkpoint {ckpt_dir / f'step_{saved_step:08d}'}; re-run the same "
+                           "command with --resume to continue from it")
+    return Interrupted(f"{where}, no checkpoint yet (--save-every N keeps one); re-run the same command to start "
+                       "again")
 
 
 def _unwrap(model):
@@ -398,16 +447,21 @@ def _save_checkpoint(acc, ckpt_dir: Path, step: int, losses: list, cfg: TrainCon
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
     acc.wait_for_everyone()
-    acc.save_state(str(tmp))
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        save_adapter(_unwrap(model), tmp / "adapter.safetensors", base_checksum=base_checksum,
-                     training={"steps_done": step, "checkpoint": True})
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "losses": losses,
-                                                            "config": asdict(cfg)}, default=str))
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+    try:
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            save_adapter(_unwrap(model), tmp / "adapter.safetensors", base_checksum=base_checksum,
+                         training={"steps_done": step, "checkpoint": True})
+            (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "losses": losses,
+                                                                "config": asdict(cfg)}, default=str))
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+    except BaseException:  # Ctrl-C or a failure while writing: never leave a half-written checkpoint
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
         olds = sorted(p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step_"))
         for p in olds[: max(0, len(olds) - max(1, cfg.keep_checkpoints))]:
             shutil.rmtree(p, ignore_errors=True)
