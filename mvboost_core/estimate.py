@@ -1,0 +1,239 @@
+"""How long will ``mvboost generate`` take here? A per-stage cost model, measured on CPUs, said before a long run.
+
+The constants come from ``benchmarks/e2e_bench.py`` (full-size random weights in the real formats, ``dtype="auto"``,
+a reduced number of steps / iterations / frames extrapolated per stage); each :class:`HostProfile` names the host,
+the date and the thread count it was measured with. The model scales them by:
+
+* ``steps``: Era3D denoising steps (linear);
+* ``guidance``: classifier-free guidance doubles the UNet batch (24 instead of 12 latents per step), so a step with
+  ``guidance == 1`` costs half a CFG step (measured: batch 12 85.7 s vs batch 24 177.4 s on the AVX2 host);
+* ``resolution``: Era3D's image side (UNet, VAE and CLIP work ~ pixels; 512 for the released model);
+* pose options: search candidates, refinement iterations and appearance iterations (linear; refinement and
+  appearance also ~ working pixels);
+* turntable frames and frame size (linear in frames and pixels);
+* ``threads``: PyTorch intra-op threads, assumed to scale linearly from the profile's count (an optimistic
+  assumption beyond the physical cores);
+* the device: a CUDA / MPS device uses :data:`GPU_PROFILE` (not measured by this project: the issue's "about a
+  minute" on a CUDA GPU), and no message is shown for it.
+
+:func:`estimate_generate` returns an :class:`Estimate` (seconds per stage, the total and a one-line ``message``
+when the run is expected to take longer than ``min_seconds``, e.g. ``"Estimated time on this CPU (AVX2, 2
+threads): ~2 h 05 min (Era3D 40 steps ~1 h 58 min, LGM ~15 s, pose ~1 min, turntable ~2 min). A CUDA GPU takes
+about a minute."``). ``python -m mvboost_core.estimate`` prints it for the defaults.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+__all__ = ["HostProfile", "Estimate", "CPU_PROFILES", "GPU_PROFILE", "estimate_generate", "format_rough",
+           "cli_cpu_pose_options", "host_profile", "DEFAULT_MIN_SECONDS", "main"]
+
+#: Runs expected to take less than this (seconds) get no message.
+DEFAULT_MIN_SECONDS = 300.0
+
+#: Reference sizes the per-unit constants are measured at.
+ERA3D_RESOLUTION = 512
+POSE_RESOLUTION = 192  # the CLI's CPU pose working resolution
+SEARCH_RESOLUTION = 128
+TURNTABLE_SIZE = 384
+
+
+@dataclass(frozen=True)
+class HostProfile:
+    """Seconds per unit of work on one host class, at ``threads`` PyTorch threads.
+
+    era3d_encode: CLIP + VAE encoding of the condition image (512²); era3d_step_cfg: one denoising step with CFG
+    (UNet batch 24 + DDIM, 512²); era3d_decode: VAE decode of the 12 views; lgm: bridge + LGM ``big`` forward;
+    pose_search: per search candidate; pose_iter: per refinement iteration (Adam or LM) at 192²; adjust_iter: per
+    appearance iteration at 192²; turntable_frame: per frame at 384²; load: loading both models; save: writing
+    .ply/.splat/frames/GIF."""
+
+    name: str
+    label: str
+    threads: int
+    source: str
+    load: float
+    era3d_encode: float
+    era3d_step_cfg: float
+    era3d_decode: float
+    lgm: float
+    pose_search: float
+    pose_iter: float
+    adjust_iter: float
+    turntable_frame: float
+    save: float
+
+
+# Measured by `flock /tmp/mvboost-cpu.lock python benchmarks/e2e_bench.py --threads 2` (docs/benchmarks.md,
+# "End to end on CPU"): AMD EPYC, AVX2 only, 2 threads, torch 2.14.1, 2026-12-02.
+_AVX2 = HostProfile(
+    name="avx2", label="AVX2", threads=2,
+    source="measured: AMD EPYC (AVX2 only), 2 threads, torch 2.14.1, 2026-12-02, benchmarks/e2e_bench.py",
+    load=30.0, era3d_encode=17.0, era3d_step_cfg=177.4, era3d_decode=129.0, lgm=13.4,
+    pose_search=0.5, pose_iter=2.0, adjust_iter=6.0, turntable_frame=1.0, save=3.0,
+)
+
+# The AVX-512 host of docs/benchmarks.md ("Precision and CPU tactics on an AVX-512 / avx512_bf16 host", 2026-12-02):
+# Era3D UNet batch 12 fp32 149.2 CPU-s vs 167.0 CPU-s on the AVX2 host (ratio 0.89, applied to every Era3D stage);
+# LGM big fp16->fp32 13.2 s vs 13.4 s; the rest (renderer, pose, I/O) was not measured faster there: AVX2 values.
+_ERA3D_AVX512 = 149.2 / 167.0
+_LGM_AVX512 = 13.2 / 13.4
+
+
+def _scaled(p: HostProfile, name: str, label: str, source: str) -> HostProfile:
+    return replace(p, name=name, label=label, source=source, era3d_encode=p.era3d_encode * _ERA3D_AVX512,
+                   era3d_step_cfg=p.era3d_step_cfg * _ERA3D_AVX512, era3d_decode=p.era3d_decode * _ERA3D_AVX512,
+                   lgm=p.lgm * _LGM_AVX512)
+
+
+_AVX512_SOURCE = ("derived: Era3D x0.89 and LGM x0.99 of the AVX2 profile from the AVX-512/avx512_bf16 Xeon rows of "
+                  "docs/benchmarks.md (2026-12-02, 2 threads; bf16 is not faster there, fp32 compute is used)")
+
+#: Per CPU class of :func:`mvboost_core.precision.cpu_info` (``"other"`` CPUs are assumed to be like AVX2).
+CPU_PROFILES: dict[str, HostProfile] = {
+    "avx2": _AVX2,
+    "avx512": _scaled(_AVX2, "avx512", "AVX-512", _AVX512_SOURCE),
+    "avx512_bf16": _scaled(_AVX2, "avx512_bf16", "AVX-512 + avx512_bf16", _AVX512_SOURCE),
+    "other": replace(_AVX2, name="other", label="unknown ISA",
+                     source="assumed like the AVX2 profile (no measurement for this CPU class)"),
+}
+
+#: CUDA / MPS: not measured by this project (no GPU was available); order of magnitude only.
+GPU_PROFILE = HostProfile(
+    name="gpu", label="GPU", threads=1, source="not measured: order of magnitude for a recent CUDA GPU (fp16)",
+    load=15.0, era3d_encode=0.5, era3d_step_cfg=0.9, era3d_decode=2.0, lgm=0.3, pose_search=0.02, pose_iter=0.05,
+    adjust_iter=0.1, turntable_frame=0.02, save=2.0,
+)
+
+
+@dataclass
+class Estimate:
+    """Seconds per stage (``load``, ``era3d``, ``lgm``, ``pose``, ``turntable``, ``save``), their ``total``,
+    the ``profile`` used, the thread count and ``message`` (None when no warning is due)."""
+
+    device: str
+    profile: HostProfile
+    threads: int
+    steps: int
+    stages: dict[str, float] = field(default_factory=dict)
+    message: Optional[str] = None
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.stages.values()))
+
+
+def format_rough(seconds: float) -> str:
+    """A rounded duration for humans: ``"~15 s"``, ``"~4 min"``, ``"~2 h 05 min"``."""
+    s = max(0.0, float(seconds))
+    if s < 60:
+        return f"~{max(1, int(round(s / 5.0) * 5)) if s >= 5 else max(1, int(round(s)))} s"
+    if s < 3600:
+        return f"~{int(round(s / 60.0))} min"
+    m = int(round(s / 60.0))
+    return f"~{m // 60} h {m % 60:02d} min"
+
+
+def cli_cpu_pose_options(**overrides):
+    """The pose options ``mvboost generate`` uses on a CPU (fewer, cheaper iterations than the GPU defaults)."""
+    from .pose import PoseOptions
+
+    base = PoseOptions()
+    kw = {**base.__dict__, "pose_iters": 40, "adjust_iters": 30, "resolution": POSE_RESOLUTION,
+          "search_radius_scales": (1.0,), **overrides}
+    return PoseOptions(**kw)
+
+
+def host_profile(device=None, cpu_class: Optional[str] = None) -> HostProfile:
+    """The profile for ``device`` (CPU: this CPU's class, or ``cpu_class``)."""
+    import torch
+
+    dev = torch.device(device if device is not None else "cpu")
+    if dev.type != "cpu":
+        return GPU_PROFILE
+    if cpu_class is None:
+        from .precision import cpu_info
+
+        cpu_class = cpu_info().cpu_class
+    return CPU_PROFILES.get(cpu_class, CPU_PROFILES["other"])
+
+
+def estimate_generate(device=None, *, steps: int = 40, guidance: float = 3.0, resolution: int = ERA3D_RESOLUTION,
+                      optimize_pose: bool = True, pose_options=None, frames: int = 36,
+                      turntable_size: int = TURNTABLE_SIZE, threads: Optional[int] = None,
+                      cpu_class: Optional[str] = None, min_seconds: float = DEFAULT_MIN_SECONDS,
+                      include_load: bool = True) -> Estimate:
+    """Estimated seconds per stage of ``mvboost generate`` (see the module docstring for the scaling rules).
+
+    ``pose_options``: a :class:`~mvboost_core.pose.PoseOptions` (default: on a CPU the CLI's CPU options, else the
+    GPU defaults). ``threads``: default ``torch.get_num_threads()`` (CPU only). ``message`` is set only on a CPU and
+    only when the total exceeds ``min_seconds``."""
+    import torch
+
+    from .pipeline import pose_stage_totals
+
+    dev = torch.device(device if device is not None else "cpu")
+    prof = host_profile(dev, cpu_class)
+    steps = max(0, int(steps))
+    on_cpu = dev.type == "cpu"
+    if on_cpu:
+        threads = int(threads) if threads is not None else torch.get_num_threads()
+        speed = prof.threads / max(1, threads)  # cost factor: linear thread scaling assumed
+    else:
+        threads, speed = 1, 1.0
+    px = (float(resolution) / ERA3D_RESOLUTION) ** 2
+    step = prof.era3d_step_cfg * (1.0 if float(guidance) != 1.0 else 0.5)
+    stages = {}
+    if include_load:
+        stages["load"] = prof.load
+    stages["era3d"] = (prof.era3d_encode + steps * step + prof.era3d_decode) * px * speed
+    stages["lgm"] = prof.lgm * speed
+    if optimize_pose:
+        if pose_options is None:
+            from .pose import PoseOptions
+
+            pose_options = cli_cpu_pose_options() if on_cpu else PoseOptions()
+        n = pose_stage_totals(pose_options)
+        r = (float(pose_options.resolution) / POSE_RESOLUTION) ** 2
+        rs = (float(pose_options.search_resolution) / SEARCH_RESOLUTION) ** 2
+        stages["pose"] = (n["search"] * prof.pose_search * rs + n["pose"] * prof.pose_iter * r
+                          + n["adjust"] * prof.adjust_iter * r) * speed
+    stages["turntable"] = int(frames) * prof.turntable_frame * (float(turntable_size) / TURNTABLE_SIZE) ** 2 * speed
+    stages["save"] = prof.save
+    est = Estimate(device=str(dev), profile=prof, threads=threads, steps=steps, stages=stages)
+    if on_cpu and est.total > float(min_seconds):
+        parts = [f"Era3D {steps} steps {format_rough(stages['era3d'])}", f"LGM {format_rough(stages['lgm'])}"]
+        if "pose" in stages:
+            parts.append(f"pose {format_rough(stages['pose'])}")
+        parts.append(f"turntable {format_rough(stages['turntable'])}")
+        est.message = (f"Estimated time on this CPU ({prof.label}, {threads} thread{'s' if threads != 1 else ''}): "
+                       f"{format_rough(est.total)} ({', '.join(parts)}). A CUDA GPU takes about a minute.")
+    return est
+
+
+def main(argv=None) -> int:
+    """``python -m mvboost_core.estimate [--device cpu] [--steps 40] ...``: print the estimate per stage."""
+    ap = argparse.ArgumentParser(prog="mvboost estimate", description="estimated time of `mvboost generate` here")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--no-pose", action="store_true")
+    ap.add_argument("--frames", type=int, default=36)
+    ap.add_argument("--turntable-size", type=int, default=384)
+    ap.add_argument("--threads", type=int, default=None)
+    a = ap.parse_args(argv)
+    est = estimate_generate(a.device, steps=a.steps, guidance=a.guidance, optimize_pose=not a.no_pose,
+                            frames=a.frames, turntable_size=a.turntable_size, threads=a.threads, min_seconds=-1)
+    print(est.message or f"Estimated time on {est.device}: {format_rough(est.total)}")
+    for k, v in est.stages.items():
+        print(f"  {k:10s} {format_rough(v)}")
+    print(f"  (constants: {est.profile.source})")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
