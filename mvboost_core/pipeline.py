@@ -22,6 +22,7 @@ from .cameras import LGM_FOVY, LGM_RADIUS, Cameras
 from .gaussians import Gaussians
 from .multiview import MultiViewResult
 from .pose import PoseOptions, optimize_input_view
+from .progress import interrupt_hooks
 
 __all__ = ["PipelineResult", "image_to_gaussians", "nominal_input_camera", "pose_stage_totals", "render_turntable",
            "write_outputs", "STAGE_LABELS"]
@@ -105,6 +106,9 @@ def image_to_gaussians(
         seed, steps, guidance, crop_size: Era3D settings.
         pose_options: :class:`PoseOptions` (defaults otherwise).
         progress: ``progress(stage, done, total)``.
+        check_interrupt: called after every denoising step, between the stages, before every block of the Era3D
+            UNet / VAE / CLIP encoder and of LGM (:func:`~mvboost_core.progress.interrupt_hooks`) and in the pose
+            loops; whatever it raises stops the run.
 
     The nominal input camera for the pose search is LGM's front orbit camera at Era3D's predicted elevation
     (Blender sign, positive = above, turned into kiui's sign), when the prediction is within ±60°; else 0.
@@ -118,12 +122,18 @@ def image_to_gaussians(
         tick()
         prog("era3d", done, total)
 
-    mv = era3d(image, alpha=alpha, seed=seed, steps=steps, guidance=guidance, crop_size=crop_size, callback=cb)
+    # with a check_interrupt (ComfyUI's cancel), also check inside each long network forward (between blocks)
+    with interrupt_hooks(None if check_interrupt is None else
+                         [getattr(era3d, k, None) for k in ("unet", "vae", "image_encoder")], check_interrupt):
+        mv = era3d(image, alpha=alpha, seed=seed, steps=steps, guidance=guidance, crop_size=crop_size, callback=cb)
+    tick()
     images, _ = era3d_to_lgm(mv, size=256)
     prog("lgm", 0, 1)
     dev = next(lgm.parameters()).device
-    g_lgm = reconstruct(lgm, images[None].to(dev))[0].to(dtype=torch.float32)
+    with interrupt_hooks(lgm if check_interrupt is not None else None, check_interrupt):
+        g_lgm = reconstruct(lgm, images[None].to(dev))[0].to(dtype=torch.float32)
     prog("lgm", 1, 1)
+    tick()
     result = PipelineResult(gaussians=g_lgm, gaussians_lgm=g_lgm, multiview=mv, lgm_images=images, camera=None)
     if not optimize_pose:
         return result

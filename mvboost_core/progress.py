@@ -107,20 +107,22 @@ class DeferInterrupt:
 
 
 @contextlib.contextmanager
-def interrupt_hooks(module, check_interrupt: Optional[Callable[[], None]],
-                    kinds: Iterable[str] = ("Block", "Transformer", "Attention", "Resnet")):
-    """Call ``check_interrupt()`` before the forward of every sub-module of ``module`` whose class name contains
-    one of ``kinds`` (e.g. each ResnetBlock / transformer block of a UNet), so a cancel is honoured inside one long
-    forward instead of after it. Nothing happens when ``check_interrupt`` is None. The hooks are removed on exit."""
-    if check_interrupt is None or module is None:
+def interrupt_hooks(modules, check_interrupt: Optional[Callable[[], None]],
+                    kinds: Iterable[str] = ("Block", "Transformer", "Attention", "Resnet", "Layer")):
+    """Call ``check_interrupt()`` before the forward of every sub-module of ``modules`` (one ``nn.Module`` or a
+    list; None entries are skipped) whose class name contains one of ``kinds`` (each ResnetBlock / transformer
+    block of a UNet or VAE, each CLIP layer, each LGM block), so a cancel is honoured inside one long forward instead
+    of after it. Nothing happens when ``check_interrupt`` is None. The hooks are removed on exit."""
+    if check_interrupt is None or modules is None:
         yield
         return
     kinds = tuple(kinds)
+    mods = [modules] if hasattr(modules, "modules") else [m for m in modules if m is not None]
 
     def pre_hook(_mod, _args):
         check_interrupt()
 
-    handles = [m.register_forward_pre_hook(pre_hook) for m in module.modules()
+    handles = [m.register_forward_pre_hook(pre_hook) for root in mods for m in root.modules()
                if any(k in type(m).__name__ for k in kinds)]
     try:
         yield

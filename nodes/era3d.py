@@ -14,6 +14,7 @@ import os
 from comfy_api.latest import io
 
 from . import _comfy as C
+from ..mvboost_core.progress import interrupt_hooks
 
 RELEASED_NAME = "MacLab-Era3D-512-6view"
 DOWNLOAD_CHOICE = f"download: pengHTYX/{RELEASED_NAME}"
@@ -137,8 +138,9 @@ class MVBoostEra3DMultiView(io.ComfyNode):
         progress = C.NodeProgress({"era3d": int(steps)}, node_id=cls.hidden.unique_id, title="Era3D MultiView")
         pipe = C.unwrap_model(era3d)
         try:
-            result = pipe(img, alpha=alpha, seed=int(seed), steps=int(steps), guidance=float(guidance),
-                          crop_size=int(crop_size), callback=progress.callback("era3d"))
+            with interrupt_hooks([pipe.unet, pipe.vae, pipe.image_encoder], C.check_interrupt):  # cancel in a step
+                result = pipe(img, alpha=alpha, seed=int(seed), steps=int(steps), guidance=float(guidance),
+                              crop_size=int(crop_size), callback=progress.callback("era3d"))
         finally:
             C.soft_empty_cache()
         return io.NodeOutput(result, C.to_comfy_image(result.colors.images), C.to_comfy_image(result.normals.images))

@@ -11,6 +11,7 @@ import os
 from comfy_api.latest import io
 
 from . import _comfy as C
+from ..mvboost_core.progress import interrupt_hooks
 
 DTYPES = ["auto", "fp32", "fp16", "bf16"]
 NO_LORA = "none"
@@ -166,7 +167,8 @@ class MVBoostLGMReconstruct(io.ComfyNode):
         model = C.unwrap_model(lgm)
         device = C.get_torch_device()
         try:
-            gaussians = reconstruct(model, views[None].to(device), elevation=float(elevation))[0]
+            with interrupt_hooks(model, C.check_interrupt):  # cancel between LGM's blocks (one forward: ~13 s on CPU)
+                gaussians = reconstruct(model, views[None].to(device), elevation=float(elevation))[0]
         finally:
             C.soft_empty_cache()
         progress.update("lgm", 1, 1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from . import _comfy as C
+from ..mvboost_core.progress import interrupt_hooks
 from .era3d import Era3DType, MultiViewType, mask_inputs, seed_input
 
 GaussiansType = io.Custom(C.MVBOOST_GAUSSIANS)
@@ -56,9 +57,10 @@ class MVBoostRefineViews(io.ComfyNode):
         progress = C.NodeProgress({"refine": expected}, node_id=cls.hidden.unique_id, title="Refine Views")
         pipe = C.unwrap_model(era3d)
         try:
-            out = refine_views(pipe, gaussians.to(device=pipe.device), img.cpu(), strength=float(strength),
-                               steps=int(steps), guidance=float(guidance), seed=int(seed), mask=alpha,
-                               crop_size=float(crop_size), callback=progress.callback("refine"))
+            with interrupt_hooks([pipe.unet, pipe.vae, pipe.image_encoder], C.check_interrupt):  # cancel in a step
+                out = refine_views(pipe, gaussians.to(device=pipe.device), img.cpu(), strength=float(strength),
+                                   steps=int(steps), guidance=float(guidance), seed=int(seed), mask=alpha,
+                                   crop_size=float(crop_size), callback=progress.callback("refine"))
         finally:
             C.soft_empty_cache()
         progress.update("refine", expected, expected)

@@ -222,3 +222,33 @@ def test_interrupt_hooks_stop_inside_a_forward():
     assert len(n) == 3  # stopped before the third block, inside one forward
     model(torch.zeros(1, 4))  # hooks removed
     assert len(n) == 3
+
+
+def test_image_to_gaussians_cancel_inside_the_networks(tmp_path):
+    """ComfyUI's way: a check_interrupt that raises is honoured inside the Era3D networks (before the first
+    denoising step reports), not only between steps."""
+    from mvboost_core import selftest
+    from mvboost_core.era3d import load_era3d
+    from mvboost_core.lgm import load_lgm
+    from mvboost_core.pipeline import image_to_gaussians
+
+    era3d_dir, _ = selftest.build_tiny_era3d(tmp_path / "era3d")
+    era3d = load_era3d(era3d_dir, device="cpu", dtype="fp32")
+    lgm = load_lgm(selftest.build_tiny_lgm(tmp_path / "lgm.safetensors"), device="cpu", dtype="fp32")
+
+    class Cancel(Exception):
+        pass
+
+    checks, reports = [], []
+
+    def check():
+        checks.append(1)
+        if len(checks) == 12:
+            raise Cancel
+
+    with pytest.raises(Cancel):
+        image_to_gaussians(selftest.example_image(64), era3d, lgm, steps=3, check_interrupt=check,
+                           progress=lambda s, d, n: reports.append((s, d)))
+    assert reports == []  # stopped inside the networks, before the first denoising step ended
+    hooks = sum(len(m._forward_pre_hooks) for m in era3d.unet.modules())
+    assert hooks == 0  # and the hooks are gone
