@@ -181,6 +181,8 @@ def run(work: Path, fixtures: Path, small: bool, steps: int, pose_iters: int, ad
     era3d.decode_latents = timed("era3d_decode", era3d.decode_latents)
 
     def progress(stage: str, done: int, total: int) -> None:
+        if stage in ("era3d_encode", "era3d_decode", "save"):
+            return  # timed by the wrappers above / around write_outputs
         if stage == "lgm" and done == 0:
             timer.mark()  # bridge + LGM start after the decode
             return

@@ -29,13 +29,15 @@ __all__ = ["PipelineResult", "image_to_gaussians", "nominal_input_camera", "pose
 
 log = logging.getLogger("mvboost")
 
-#: ``progress(stage, done, total)``; stages: "era3d", "lgm", "search", "pose", "adjust", "turntable".
+#: ``progress(stage, done, total)``; stages in run order: "era3d_encode", "era3d", "era3d_decode", "lgm", "search",
+#: "pose", "adjust", "turntable", "save".
 Progress = Callable[[str, int, int], None]
 
 #: Human labels of the progress stages (CLI lines, ComfyUI node text).
-STAGE_LABELS = {"era3d": "Era3D denoising", "refine": "Refine Views denoising", "lgm": "LGM",
+STAGE_LABELS = {"era3d_encode": "Era3D conditioning", "era3d": "Era3D denoising", "era3d_decode": "Era3D VAE decode",
+                "refine": "Refine Views denoising", "lgm": "LGM",
                 "search": "pose search", "pose": "pose refinement", "adjust": "appearance adjustment",
-                "turntable": "turntable"}
+                "turntable": "turntable", "save": "saving"}
 
 
 @dataclass
@@ -121,11 +123,16 @@ def image_to_gaussians(
     def cb(done, total, _lat=None):
         tick()
         prog("era3d", done, total)
+        if done == total:
+            prog("era3d_decode", 0, 1)  # the VAE decode of the 12 views follows (minutes on a CPU)
+
+    prog("era3d_encode", 0, 1)  # CLIP + VAE encoding of the condition image, before the first step
 
     # with a check_interrupt (ComfyUI's cancel), also check inside each long network forward (between blocks)
     with interrupt_hooks(None if check_interrupt is None else
                          [getattr(era3d, k, None) for k in ("unet", "vae", "image_encoder")], check_interrupt):
         mv = era3d(image, alpha=alpha, seed=seed, steps=steps, guidance=guidance, crop_size=crop_size, callback=cb)
+    prog("era3d_decode", 1, 1)
     tick()
     images, _ = era3d_to_lgm(mv, size=256)
     prog("lgm", 0, 1)
@@ -214,13 +221,15 @@ def _to_u8(img: Tensor) -> np.ndarray:
 
 
 def write_outputs(gaussians: Gaussians, out_dir, name: str, turntable: Optional[Tensor] = None,
-                  animation: str = "gif", fps: int = 12, mesh: Sequence[str] = ()) -> dict:
+                  animation: str = "gif", fps: int = 12, mesh: Sequence[str] = (),
+                  progress: Optional[Progress] = None) -> dict:
     """Write ``<name>.ply`` (3DGS PLY, LGM layout), ``<name>.splat``, ``<name>_turntable/frame_XXX.png`` and
     ``<name>_turntable.gif`` (or ``.webp``) into ``out_dir``; every file atomically. Returns the paths.
 
     The splat files use each format's measured axes convention (:mod:`mvboost_core.splatio`: y-down 3DGS frame), so
     they open upright in SuperSplat, Spark and ComfyUI core's viewer. ``mesh`` (``"glb"`` and/or ``"obj"``) also
-    writes ``<name>.glb`` / ``<name>.obj``: a vertex-coloured mesh from :func:`mvboost_core.mesh.gaussians_to_mesh`."""
+    writes ``<name>.glb`` / ``<name>.obj``: a vertex-coloured mesh from :func:`mvboost_core.mesh.gaussians_to_mesh`.
+    ``progress("save", done, total)`` after every file (a Ctrl-C between files leaves only complete files)."""
     from PIL import Image
 
     from .splatio import save_ply, save_splat
@@ -235,14 +244,23 @@ def write_outputs(gaussians: Gaussians, out_dir, name: str, turntable: Optional[
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     g = gaussians.detach().to(device="cpu", dtype=torch.float32)
+    n_files = 2 + (0 if turntable is None else len(turntable) + 1) + len(dict.fromkeys(mesh))
+    done = [0]
+
+    def tick(p):
+        done[0] += 1
+        if progress is not None:
+            progress("save", done[0], n_files)
+        return p
+
     paths = {
-        "ply": _atomic(out / f"{name}.ply", lambda p: save_ply(g, p)),
-        "splat": _atomic(out / f"{name}.splat", lambda p: save_splat(g, p)),
+        "ply": tick(_atomic(out / f"{name}.ply", lambda p: save_ply(g, p))),
+        "splat": tick(_atomic(out / f"{name}.splat", lambda p: save_splat(g, p))),
     }
     if turntable is not None:
         fdir = out / f"{name}_turntable"
         frames = [Image.fromarray(_to_u8(f)) for f in turntable]
-        paths["frames"] = [_atomic(fdir / f"frame_{i:03d}.png", lambda p, im=im: im.save(p, format="PNG"))
+        paths["frames"] = [tick(_atomic(fdir / f"frame_{i:03d}.png", lambda p, im=im: im.save(p, format="PNG")))
                            for i, im in enumerate(frames)]
 
         def save_anim(p: Path) -> None:
@@ -250,11 +268,11 @@ def write_outputs(gaussians: Gaussians, out_dir, name: str, turntable: Optional[
             fmt = "GIF" if animation == "gif" else "WEBP"
             frames[0].save(p, format=fmt, save_all=True, append_images=frames[1:], **kw)
 
-        paths["animation"] = _atomic(out / f"{name}_turntable.{animation}", save_anim)
+        paths["animation"] = tick(_atomic(out / f"{name}_turntable.{animation}", save_anim))
     if mesh:
         from .mesh import gaussians_to_mesh, save_mesh
 
         m = gaussians_to_mesh(g)
         for fmt in dict.fromkeys(mesh):
-            paths[fmt] = save_mesh(m, out / f"{name}.{fmt}")
+            paths[fmt] = tick(save_mesh(m, out / f"{name}.{fmt}"))
     return paths
