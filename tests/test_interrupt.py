@@ -249,6 +249,6 @@ def test_image_to_gaussians_cancel_inside_the_networks(tmp_path):
     with pytest.raises(Cancel):
         image_to_gaussians(selftest.example_image(64), era3d, lgm, steps=3, check_interrupt=check,
                            progress=lambda s, d, n: reports.append((s, d)))
-    assert reports == []  # stopped inside the networks, before the first denoising step ended
+    assert reports == [("era3d_encode", 0)]  # stopped inside the networks, before the first denoising step ended
     hooks = sum(len(m._forward_pre_hooks) for m in era3d.unet.modules())
     assert hooks == 0  # and the hooks are gone
