@@ -6,7 +6,7 @@
 Runs :func:`mvboost_core.pipeline.image_to_gaussians` (then the turntable and the file writes, as the CLI does) on
 **full-size random weights in the real formats** (the released Era3D diffusers layout written by
 ``benchmarks/gpu_check.py``'s ``_full_size_era3d``, fp16 like the release; an LGM ``big`` checkpoint, fp16 like
-``model_fp16_fixrot``), loaded with ``dtype="auto"`` on the CPU (fp16 storage, fp32 compute) — the path a user of
+``model_fp16_fixrot``, with LGM-like splat sizes: :func:`write_lgm_like_big`), loaded with ``dtype="auto"`` on the CPU (fp16 storage, fp32 compute) — the path a user of
 ``mvboost generate --device cpu`` gets. Random weights cost the same arithmetic as the real ones.
 
 A full run would take hours on a CPU, so each repeated stage runs a reduced number of units and is extrapolated
@@ -143,11 +143,28 @@ def build_models(work: Path, fixtures: Path, small: bool) -> tuple[Path, Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         _full_size_era3d(tmp, fixtures)
         os.replace(tmp, era3d_dir)
-    lgm = work / "lgm_big_fp16.safetensors"
+    lgm = work / "lgm_big_fp16_lgmlike.safetensors"
     if not lgm.is_file():
-        selftest.build_tiny_lgm(work / "lgm_big_fp16.tmp.safetensors", "big")
+        write_lgm_like_big(work / "lgm_big_fp16.tmp.safetensors")
         os.replace(work / "lgm_big_fp16.tmp.safetensors", lgm)
     return era3d_dir, lgm
+
+
+def write_lgm_like_big(path: Path, scale_bias: float = -3.0) -> Path:
+    """LGM ``big`` with the fixtures' random weights (fp16, public key names), the scale channels of the last conv's
+    bias shifted by ``scale_bias``: splat sizes ``0.1·softplus(N(-3, ~1))`` like a trained LGM's (and like the
+    renderer benchmark's LGM-like scene). Unshifted random weights give splats ~10x larger than real ones, which
+    makes every rendering stage (pose, turntable) several times slower than with the released weights."""
+    import torch
+
+    from mvboost_core.lgm import LGM, get_config, init_lgm_weights_, save_lgm_checkpoint
+
+    with torch.device("meta"):
+        model = LGM(get_config("big"))
+    init_lgm_weights_(model)
+    with torch.no_grad():
+        model.conv.bias[4:7] += scale_bias
+    return save_lgm_checkpoint(model, path)
 
 
 def run(work: Path, fixtures: Path, small: bool, steps: int, pose_iters: int, adjust_iters: int, frames: int,
