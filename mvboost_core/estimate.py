@@ -6,7 +6,7 @@ the date and the thread count it was measured with. The model scales them by:
 
 * ``steps``: Era3D denoising steps (linear);
 * ``guidance``: classifier-free guidance doubles the UNet batch (24 instead of 12 latents per step), so a step with
-  ``guidance == 1`` costs half a CFG step (measured: batch 12 85.7 s vs batch 24 177.4 s on the AVX2 host);
+  ``guidance == 1`` costs half a CFG step (docs/benchmarks.md: UNet batch 12 85.7 s vs batch 24 177.4 s, AVX2);
 * ``resolution``: Era3D's image side (UNet, VAE and CLIP work ~ pixels; 512 for the released model);
 * pose options: search candidates, refinement iterations and appearance iterations (linear; refinement and
   appearance also ~ working pixels);
@@ -18,7 +18,7 @@ the date and the thread count it was measured with. The model scales them by:
 
 :func:`estimate_generate` returns an :class:`Estimate` (seconds per stage, the total and a one-line ``message``
 when the run is expected to take longer than ``min_seconds``, e.g. ``"Estimated time on this CPU (AVX2, 2
-threads): ~2 h 05 min (Era3D 40 steps ~1 h 58 min, LGM ~15 s, pose ~1 min, turntable ~2 min). A CUDA GPU takes
+threads): ~3 h 27 min (Era3D 40 steps ~3 h 23 min, LGM ~20 s, pose ~3 min, turntable ~15 s). A CUDA GPU takes
 about a minute."``). ``python -m mvboost_core.estimate`` prints it for the defaults.
 """
 from __future__ import annotations
@@ -69,12 +69,13 @@ class HostProfile:
 
 
 # Measured by `flock /tmp/mvboost-cpu.lock python benchmarks/e2e_bench.py --threads 2` (docs/benchmarks.md,
-# "End to end on CPU"): AMD EPYC, AVX2 only, 2 threads, torch 2.14.1, 2026-12-02.
+# "End to end on CPU", run 2): AMD EPYC, AVX2 only, 2 threads, torch 2.14.1, 2026-12-02 18:08-18:20 UTC,
+# dtype "auto" (fp16 weights, fp32 compute), 1 Era3D step / 4+1 pose / 3 adjust iterations / 8 frames measured.
 _AVX2 = HostProfile(
     name="avx2", label="AVX2", threads=2,
     source="measured: AMD EPYC (AVX2 only), 2 threads, torch 2.14.1, 2026-12-02, benchmarks/e2e_bench.py",
-    load=30.0, era3d_encode=17.0, era3d_step_cfg=177.4, era3d_decode=129.0, lgm=13.4,
-    pose_search=0.5, pose_iter=2.0, adjust_iter=6.0, turntable_frame=1.0, save=3.0,
+    load=6.6, era3d_encode=15.3, era3d_step_cfg=295.3, era3d_decode=376.1, lgm=19.4,
+    pose_search=0.43, pose_iter=0.82, adjust_iter=4.10, turntable_frame=0.39, save=2.4,
 )
 
 # The AVX-512 host of docs/benchmarks.md ("Precision and CPU tactics on an AVX-512 / avx512_bf16 host", 2026-12-02):
