@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Optional
 
 __all__ = ["HostProfile", "Estimate", "CPU_PROFILES", "GPU_PROFILE", "estimate_generate", "format_rough",
-           "cli_cpu_pose_options", "host_profile", "DEFAULT_MIN_SECONDS", "main"]
+           "cli_cpu_pose_options", "host_profile", "DEFAULT_MIN_SECONDS", "main", "register", "cmd_estimate"]
 
 #: Runs expected to take less than this (seconds) get no message.
 DEFAULT_MIN_SECONDS = 300.0
@@ -216,17 +216,18 @@ def estimate_generate(device=None, *, steps: int = 40, guidance: float = 3.0, re
     return est
 
 
-def main(argv=None) -> int:
-    """``python -m mvboost_core.estimate [--device cpu] [--steps 40] ...``: print the estimate per stage."""
-    ap = argparse.ArgumentParser(prog="mvboost estimate", description="estimated time of `mvboost generate` here")
-    ap.add_argument("--device", default="cpu")
+def _add_args(ap) -> None:
+    ap.add_argument("--device", default="cpu", help="cpu|cuda|mps (default cpu)")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--no-pose", action="store_true")
     ap.add_argument("--frames", type=int, default=36)
     ap.add_argument("--turntable-size", type=int, default=384)
-    ap.add_argument("--threads", type=int, default=None)
-    a = ap.parse_args(argv)
+    ap.add_argument("--threads", type=int, default=None, help="PyTorch threads (default: torch.get_num_threads())")
+
+
+def cmd_estimate(a) -> int:
+    """Print the estimate per stage for parsed arguments (see :func:`register`)."""
     est = estimate_generate(a.device, steps=a.steps, guidance=a.guidance, optimize_pose=not a.no_pose,
                             frames=a.frames, turntable_size=a.turntable_size, threads=a.threads, min_seconds=-1)
     print(est.message or f"Estimated time on {est.device}: {format_rough(est.total)}")
@@ -234,6 +235,20 @@ def main(argv=None) -> int:
         print(f"  {k:10s} {format_rough(v)}")
     print(f"  (constants: {est.profile.source})")
     return 0
+
+
+def register(subparsers) -> None:
+    """Add ``mvboost estimate`` to an ``argparse`` sub-parser collection (``func`` = :func:`cmd_estimate`)."""
+    p = subparsers.add_parser("estimate", help="estimated time of `mvboost generate` on this machine")
+    _add_args(p)
+    p.set_defaults(func=cmd_estimate)
+
+
+def main(argv=None) -> int:
+    """``python -m mvboost_core.estimate [--device cpu] [--steps 40] ...``: print the estimate per stage."""
+    ap = argparse.ArgumentParser(prog="mvboost estimate", description="estimated time of `mvboost generate` here")
+    _add_args(ap)
+    return cmd_estimate(ap.parse_args(argv))
 
 
 if __name__ == "__main__":  # pragma: no cover

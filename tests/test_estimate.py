@@ -110,3 +110,16 @@ def test_bench_runs_on_tiny_configs(tmp_path, capsys):
         assert r["extrapolated"] == pytest.approx(r["seconds"] / r["units"] * e2e_bench.TARGET[k])
     assert all(r["seconds"] >= 0 for r in d["rows"])
     assert (tmp_path / "w" / "out" / "e2e.ply").is_file()
+
+
+def test_estimate_command_prints_the_stages(capsys):
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    E.register(ap.add_subparsers(dest="command"))
+    args = ap.parse_args(["estimate", "--steps", "10", "--threads", "2", "--no-pose"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("Estimated time on this CPU (") and "Era3D 10 steps" in out[0]
+    assert [ln.split()[0] for ln in out[1:-1]] == ["load", "era3d", "lgm", "turntable", "save"]
+    assert out[-1].startswith("  (constants: ")
