@@ -89,7 +89,7 @@ def test_boost_data_ctrl_c_leaves_only_complete_samples_and_resumes(tmp_path):
         assert all(D.sample_is_complete(p, "hash") for p in done)
         assert f"interrupted; {len(done)} of 12 samples complete" in line, (line, len(done))
         assert len(done) < 12, "the run should have been interrupted before its end"
-        assert not (out / "manifest.json").exists() or json.loads((out / "manifest.json").read_text())
+        assert not (out / "manifest.json").exists()  # written only when a run completes
     before = n_complete()
     p = H.run_cli(args)
     assert f"{12 - before} generated, {before} already complete" in p.stdout
