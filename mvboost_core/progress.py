@@ -26,6 +26,7 @@ forward pre-hook on chosen sub-modules; the maths is untouched).
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -48,10 +49,38 @@ class Interrupted(KeyboardInterrupt):
         self.summary = summary
 
 
-def report_interrupt(exc: BaseException, default: str = "re-run the same command to resume", file=None) -> int:
-    """Print ``interrupted; <summary>`` (one line, no traceback) to stderr and return :data:`EXIT_INTERRUPTED`."""
+#: ``__main__`` of the processes that are the ``mvboost`` command itself (``python -m``, the console script, the
+#: modules ``accelerate launch -m`` runs).
+_CLI_MAINS = ("mvboost_core.__main__", "mvboost_core.cli", "mvboost_core.boost.cli", "mvboost")
+
+
+def _is_cli_process() -> bool:
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    name = spec.name if spec is not None else os.path.basename(getattr(main, "__file__", "") or "")
+    return name in _CLI_MAINS
+
+
+def report_interrupt(exc: BaseException, default: str = "re-run the same command to resume", file=None,
+                     exit_now: bool = False) -> int:
+    """Print ``interrupted; <summary>`` (one line, no traceback) to stderr and return :data:`EXIT_INTERRUPTED`.
+
+    ``exit_now``: when this process is the ``mvboost`` command itself (never when called as a library, e.g. from
+    pytest), flush the streams and logging and leave with ``os._exit(130)``: Python's normal teardown of a process
+    holding torch, accelerate and the models took 1.5-2.5 s on the loaded 2-core test host, after the work had
+    already stopped. Everything on disk is complete at this point (atomic writes, temp files removed)."""
     summary = getattr(exc, "summary", None) or default
     print(f"interrupted; {summary}", file=file or sys.stderr, flush=True)
+    if exit_now and _is_cli_process():
+        import logging
+
+        logging.shutdown()
+        for f in (sys.stdout, sys.stderr):
+            try:
+                f.flush()
+            except Exception:  # noqa: BLE001 - a closed pipe must not turn Ctrl-C into a traceback
+                pass
+        os._exit(EXIT_INTERRUPTED)
     return EXIT_INTERRUPTED
 
 

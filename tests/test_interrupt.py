@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -35,12 +36,32 @@ def _wait_for(cond, proc: subprocess.Popen, timeout: float = 300) -> None:
     t0 = time.time()
     while not cond():
         if proc.poll() is not None:
-            raise AssertionError(f"the command ended before the condition held:\n{proc.stderr.read()[-3000:]}")
+            raise AssertionError("the command ended before the condition held")
         assert time.time() - t0 < timeout, "timed out waiting for the command to start working"
         time.sleep(0.01)
 
 
-def _interrupt(proc: subprocess.Popen) -> tuple[float, str, str]:
+class _StderrReader(threading.Thread):
+    """Collects a child's stderr while it runs (tqdm writes progress there)."""
+
+    def __init__(self, proc: subprocess.Popen):
+        super().__init__(daemon=True)
+        self.proc, self.chunks = proc, []
+        self.start()
+
+    def run(self):
+        while True:
+            c = self.proc.stderr.read(64)
+            if not c:
+                return
+            self.chunks.append(c)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)
+
+
+def _interrupt(proc: subprocess.Popen, reader: "_StderrReader | None" = None) -> tuple[float, str, str]:
     """SIGINT to the process group (like Ctrl-C); returns (seconds until exit, stdout, stderr)."""
     t0 = time.perf_counter()
     os.killpg(proc.pid, signal.SIGINT)
@@ -50,7 +71,11 @@ def _interrupt(proc: subprocess.Popen) -> tuple[float, str, str]:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     dt = time.perf_counter() - t0
-    out, err = proc.communicate()
+    if reader is not None:
+        reader.join(10)
+        out, err = proc.stdout.read(), reader.text
+    else:
+        out, err = proc.communicate()
     LATENCIES.append(dt)
     print(f"SIGINT -> exit: {dt:.3f} s")
     return dt, out, err
@@ -115,9 +140,11 @@ def test_train_lora_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
     out = tmp_path / "lora.safetensors"
     ckdir = tmp_path / "lora.checkpoints"
     proc = _start(args(out))
-    _wait_for(lambda: (ckdir / "step_00000004" / "trainer_state.json").is_file(), proc)
-    time.sleep(0.3)  # a few steps past the periodic checkpoint
-    dt, _, err = _interrupt(proc)
+    reader = _StderrReader(proc)
+    # one step past the periodic checkpoint at 4 (tqdm's bar on stderr shows it), so Ctrl-C must save step 5+
+    _wait_for(lambda: (ckdir / "step_00000004" / "trainer_state.json").is_file() and "| 5/14 [" in reader.text,
+              proc)
+    dt, _, err = _interrupt(proc, reader)
     line = _check_clean_interrupt(proc, dt, err, "steps done, checkpoint saved in")
     assert line.endswith("re-run the same command with --resume to continue"), line
     assert not out.exists(), "the run should have been interrupted before its end"

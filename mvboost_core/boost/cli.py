@@ -127,7 +127,8 @@ def cmd_boost_data(args) -> int:
     try:
         return _boost_data(args)
     except KeyboardInterrupt as e:
-        return report_interrupt(e, "no sample was being written; re-run the same command to resume")
+        return report_interrupt(e, "no sample was being written; re-run the same command to resume",
+                                exit_now=True)
 
 
 def _boost_data(args) -> int:
@@ -183,7 +184,8 @@ def cmd_train_lora(args) -> int:
     try:
         train_lora(cfg)
     except KeyboardInterrupt as e:
-        return report_interrupt(e, "before the first training step; re-run the same command to start again")
+        return report_interrupt(e, "before the first training step; re-run the same command to start again",
+                                exit_now=True)
     return 0
 
 

@@ -383,6 +383,7 @@ def _interrupted(acc, ckpt_dir: Path, step: int, saved_step: int, losses: list, 
     where = f"{step}/{cfg.steps} steps done"
     if step > saved_step and acc.num_processes == 1:
         _set_rng_state(rng)  # the generator state at this step boundary, as a periodic checkpoint would hold
+        acc.step = step * cfg.grad_accum  # accelerate's micro-step counter (saved; it phases sync_gradients)
         _save_checkpoint(acc, ckpt_dir, step, losses, cfg, model, base_checksum)
         return Interrupted(f"{where}, checkpoint saved in {ckpt_dir / f'step_{step:08d}'}; re-run the same command "
                            "with --resume to continue")
