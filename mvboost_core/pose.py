@@ -52,19 +52,20 @@ class PoseOptions:
     **Schedules.** The defaults are the ``"fast"`` schedule, sized for the CPU rasterizer (LGM's 65,536 Gaussians,
     256² target: about a minute on 2 CPU cores; see ``docs/benchmarks.md``, "Optimize Input Pose"):
 
-    * search at 64² (``search_resolution``) in batches of 26 candidates;
-    * pose refinement: at most 40 Adam steps, the first 60 % at half resolution (``pyramid``), stopped early when the
+    * search at 64² (``search_resolution``) in batches of 26 candidates, separably (``search_separable``: elevation
+      × azimuth first, then radius × fovy at the best);
+    * pose refinement: at most 30 Adam steps, the first 60 % at half resolution (``pyramid``), stopped early when the
       loss has stayed within ``pose_rel_tol`` (relative) for ``pose_patience`` steps, then ``lm_iters``
       Levenberg-Marquardt steps at full resolution, which do the final accuracy;
-    * adjustment: at most 40 Adam steps, stopped after ``adjust_patience`` steps without a ``stop_rel_tol`` gain;
-      the regularisation views are visited ``reg_views_per_iter`` at a time in turn (an unbiased estimate of the
-      same mean, 5× cheaper); the lowest-loss adjustment seen is returned, so the input view never gets worse than
-      after the pose stage.
+    * adjustment: at most 24 Adam steps with LPIPS on 128² copies (``adjust_lpips_resolution``), stopped after
+      ``adjust_patience`` steps without a ``stop_rel_tol`` gain; the regularisation views are visited
+      ``reg_views_per_iter`` at a time in turn (an unbiased estimate of the same mean, 5× cheaper); the lowest-loss
+      adjustment seen is returned, so the input view never gets worse than after the pose stage.
 
     ``PoseOptions.preset("reference")`` is the earlier schedule (search at 128² in batches of 8, 100 Adam pose steps
     at full resolution, 100 adjustment steps with every regularisation view each step, no early stopping, the last
-    iterate kept): the baseline of the benchmark and for anyone reproducing earlier numbers. Both schedules share
-    every other field; keyword overrides apply on top (``PoseOptions.preset("reference", adjust_iters=50)``).
+    iterate kept, LPIPS at the working resolution): the baseline of the benchmark and for anyone reproducing earlier
+    numbers. Both schedules share every other field; keyword overrides apply on top (``PoseOptions.preset("reference", adjust_iters=50)``).
 
     **Loss when the LPIPS trunk is missing.** The search and the adjustment score images with LPIPS-VGG
     (``lpips_net``), which needs the ImageNet VGG16 trunk file. When that file cannot be found (constructing the
@@ -90,9 +91,10 @@ class PoseOptions:
     search_resolution: int = 64
     search_silhouette_weight: float = 1.0
     search_batch: int = 26
+    search_separable: bool = True  # elevation × azimuth first, then radius × fovy at the best (False: full grid)
     min_iou: float = 0.05
     # 2. pose refinement
-    pose_iters: int = 40  # at most this many Adam steps (gradients through the rasterizer)
+    pose_iters: int = 30  # at most this many Adam steps (gradients through the rasterizer)
     pose_lr: float = 1.5e-2
     lm_iters: int = 4  # Levenberg-Marquardt polish iterations after Adam (0 = off)
     lm_max_step_deg: float = 0.5  # LM trust region per iteration
@@ -103,7 +105,7 @@ class PoseOptions:
     pose_patience: int = 5  # stop Adam once the loss stayed within pose_rel_tol for this many steps (0 = never)
     pose_rel_tol: float = 1e-2
     # 3. learnable adjustments
-    adjust_iters: int = 40  # at most
+    adjust_iters: int = 24  # at most
     color_lr: float = 1e-2
     opacity_lr: float = 5e-2
     lpips_weight: float = 1.0
@@ -112,8 +114,9 @@ class PoseOptions:
     reg_l2_weight: float = 1e-3
     reg_azimuths: Sequence[float] = (45.0, 90.0, 180.0, 270.0, 315.0)
     reg_resolution: int = 128
+    adjust_lpips_resolution: int = 128  # LPIPS of the adjustment on images resized to this (0 = working res.)
     reg_views_per_iter: int = 1  # regularisation views rendered per step, in turn (0 = all of them every step)
-    adjust_patience: int = 8  # stop after this many steps without improvement; keep the best (0 = run all, keep last)
+    adjust_patience: int = 5  # stop after this many steps without improvement; keep the best (0 = run all, keep last)
     stop_rel_tol: float = 1e-3  # relative loss improvement that counts for adjust_patience
     # misc
     center: Sequence[float] | None = None  # object centre (LGM world); None = opacity-weighted mean
@@ -128,7 +131,7 @@ class PoseOptions:
     #: Field values of the named schedules (everything not listed is shared).
     SCHEDULES = {
         "fast": {},
-        "reference": dict(search_resolution=128, search_batch=8, pose_iters=100, pose_lr=1e-2, pyramid=False,
+        "reference": dict(search_resolution=128, search_batch=8, search_separable=False, adjust_lpips_resolution=0, pose_iters=100, pose_lr=1e-2, pyramid=False,
                           pose_patience=0, adjust_iters=100, reg_views_per_iter=0, adjust_patience=0),
     }
 
@@ -462,53 +465,80 @@ def optimize_input_view(
 
 # ------------------------------------------------------------------------------------------------- stage 1
 def _pose_search(g, target, tmask, cam_w, center, opt, rend, lp, prog, tick, report) -> Cameras:
+    """Stage 1. ``search_separable=False``: every (elevation, azimuth, radius scale, fovy offset) of the grid.
+    ``True`` (fast schedule): first the elevation × azimuth grid at the radius scale nearest 1 and the fovy offset
+    nearest 0, then the radius scales × fovy offsets at the best of those (25 + 2 instead of 75 renders for the
+    default grid). The nominal camera is always candidate 0."""
     nominal = orbit_params(cam_w, center)
     Hs = max(8, round(cam_w.height * opt.search_resolution / max(cam_w.height, cam_w.width)))
     Ws = max(8, round(cam_w.width * opt.search_resolution / max(cam_w.height, cam_w.width)))
-    cands = [(de, da, sr, df) for de in opt.search_elevations for da in opt.search_azimuths
-             for sr in opt.search_radius_scales for df in opt.search_fovy_offsets]
-    e = torch.tensor([nominal["elevation"] + c[0] for c in cands], dtype=torch.float64)
-    a = torch.tensor([nominal["azimuth"] + c[1] for c in cands], dtype=torch.float64)
-    r = torch.tensor([nominal["radius"] * c[2] for c in cands], dtype=torch.float64)
-    fv = torch.tensor([nominal["fovy"] + c[3] for c in cands], dtype=torch.float64)
+    full = [(de, da, sr, df) for de in opt.search_elevations for da in opt.search_azimuths
+            for sr in opt.search_radius_scales for df in opt.search_fovy_offsets]
+    e = torch.tensor([nominal["elevation"] + c[0] for c in full], dtype=torch.float64)
+    r = torch.tensor([nominal["radius"] * c[2] for c in full], dtype=torch.float64)
+    fv = torch.tensor([nominal["fovy"] + c[3] for c in full], dtype=torch.float64)
     if (fv <= 1.0).any() or (fv >= 170.0).any() or (r <= 0).any():
         raise ValueError("the pose search range gives a fovy outside (1°, 170°) or a non-positive radius; "
                          "narrow search_fovy_offsets / search_radius_scales")
-    grid = _orbit_cameras(e, a, r, fv, cam_w.width, cam_w.height, center, g.device)
-    # the nominal camera itself (keeps any roll / off-centre aim of camera_init) is candidate 0
-    all_cams = Cameras.cat([cam_w, grid]).resized(Ws, Hs)
     tgt = _resize(target, Hs, Ws)
     msk = _resize(tmask[..., None], Hs, Ws)[..., 0]
+    sr0 = min(opt.search_radius_scales, key=lambda x: abs(x - 1.0))
+    df0 = min(opt.search_fovy_offsets, key=abs)
+    if opt.search_separable:
+        phase_a = [(de, da, sr0, df0) for de in opt.search_elevations for da in opt.search_azimuths]
+        n_b = len(opt.search_radius_scales) * len(opt.search_fovy_offsets) - 1
+    else:
+        phase_a, n_b = full, 0
+    n_total = 1 + len(phase_a) + n_b
+    cands: list = [None]  # None = the nominal camera (keeps any roll / off-centre aim of camera_init)
+    cams_all: list = [cam_w]
     scores, ious = [], []
-    n = len(all_cams)
-    for start in range(0, n, opt.search_batch):
-        tick()
-        cams = all_cams[start:start + opt.search_batch]
-        with torch.no_grad():
-            out = rend(g, cams)
-            rgb = out.rgb.clamp(0, 1)
-            iou = _iou(out.alpha[..., 0], msk)
-            d = lp(rgb, tgt.expand_as(rgb)) if lp is not None else ((rgb - tgt) ** 2).flatten(1).mean(1)
-        scores.append(d + opt.search_silhouette_weight * (1.0 - iou))
-        ious.append(iou)
-        prog("search", min(start + opt.search_batch, n), n)
-    scores, ious = torch.cat(scores), torch.cat(ious)
-    valid = ious >= opt.min_iou
-    if not bool(valid.any()):
+
+    def score(new: list) -> None:
+        grid = _orbit_cameras([nominal["elevation"] + c[0] for c in new], [nominal["azimuth"] + c[1] for c in new],
+                              [nominal["radius"] * c[2] for c in new], [nominal["fovy"] + c[3] for c in new],
+                              cam_w.width, cam_w.height, center, g.device)
+        todo = grid if scores else Cameras.cat([cam_w, grid])
+        cands.extend(new)
+        cams_all.append(grid)
+        small = todo.resized(Ws, Hs)
+        for start in range(0, len(small), opt.search_batch):
+            tick()
+            cams = small[start:start + opt.search_batch]
+            with torch.no_grad():
+                out = rend(g, cams)
+                rgb = out.rgb.clamp(0, 1)
+                iou = _iou(out.alpha[..., 0], msk)
+                d = lp(rgb, tgt.expand_as(rgb)) if lp is not None else ((rgb - tgt) ** 2).flatten(1).mean(1)
+            scores.extend((d + opt.search_silhouette_weight * (1.0 - iou)).tolist())
+            ious.extend(iou.tolist())
+            prog("search", len(scores), n_total)
+
+    def best_valid() -> int:
+        ok = [k for k in range(len(scores)) if ious[k] >= opt.min_iou]
+        return min(ok, key=lambda k: scores[k]) if ok else -1
+
+    score(phase_a)
+    if n_b > 0:
+        k = best_valid()
+        de, da = (0.0, 0.0) if k <= 0 else cands[k][:2]
+        score([(de, da, sr, df) for sr in opt.search_radius_scales for df in opt.search_fovy_offsets
+               if (sr, df) != (sr0, df0)])
+    best = best_valid()
+    n = len(scores)
+    if best < 0:
         raise ValueError(
             f"the pose search range excludes every valid pose: at none of the {n} candidate cameras does the render "
-            f"overlap the input mask (best IoU {float(ious.max()):.3f} < min_iou {opt.min_iou}); widen "
+            f"overlap the input mask (best IoU {max(ious):.3f} < min_iou {opt.min_iou}); widen "
             "search_elevations / search_azimuths / search_radius_scales or give a camera_init near the input view"
         )
-    scores = torch.where(valid, scores, torch.full_like(scores, float("inf")))
-    best = int(scores.argmin())
     report["stages"]["search"] = {
-        "candidates": n, "valid": int(valid.sum()), "best_index": best, "best_score": float(scores[best]),
-        "nominal_score": float(scores[0]), "best_iou": float(ious[best]),
+        "candidates": n, "valid": sum(1 for x in ious if x >= opt.min_iou), "best_index": best,
+        "best_score": scores[best], "nominal_score": scores[0], "best_iou": ious[best],
         "best_offset": None if best == 0 else dict(zip(("elevation", "azimuth", "radius_scale", "fovy"),
-                                                       cands[best - 1])),
+                                                       cands[best])),
     }
-    return Cameras.cat([cam_w, grid])[best]
+    return Cameras.cat(cams_all)[best]
 
 
 # ------------------------------------------------------------------------------------------------- stage 2
@@ -692,6 +722,10 @@ def _adjust(g, target, cam, center, opt, rend, lp, prog, tick, report) -> Gaussi
         return g.replace(colors=(g.colors + dcol).clamp(0, 1), opacities=torch.sigmoid(base_logit + dopa))
 
     n = opt.adjust_iters
+    H, W = target.shape[:2]
+    sl = 1.0 if opt.adjust_lpips_resolution <= 0 else min(1.0, opt.adjust_lpips_resolution / max(H, W))
+    Hl, Wl = max(16, round(H * sl)), max(16, round(W * sl))
+    tgt_l = _resize(target[None], Hl, Wl)
     n_reg = 0 if reg_cams is None else len(reg_cams)
     per_it = n_reg if opt.reg_views_per_iter <= 0 else min(n_reg, int(opt.reg_views_per_iter))
     keep_best = opt.adjust_patience > 0
@@ -704,7 +738,7 @@ def _adjust(g, target, cam, center, opt, rend, lp, prog, tick, report) -> Gaussi
         rgb = rend(ga, cam).rgb[0]
         loss = opt.mse_weight * ((rgb - target) ** 2).mean()
         if opt.lpips_weight > 0 and lp is not None:
-            loss = loss + opt.lpips_weight * lp(rgb.clamp(0, 1)[None], target[None])[0]
+            loss = loss + opt.lpips_weight * lp(_resize(rgb.clamp(0, 1)[None], Hl, Wl), tgt_l)[0]
         if per_it > 0:
             # views it·per_it … (it+1)·per_it − 1 (mod n_reg): every view equally often, the same expected loss
             idx = [(it * per_it + k) % n_reg for k in range(per_it)]
