@@ -93,7 +93,10 @@ def main() -> None:
         if p.returncode or not line:
             sys.exit(f"schedule {sch} failed:\n{p.stderr[-3000:]}")
         rows.append(json.loads(line[0][7:]))
-        print(f"  {sch}: {rows[-1]['wall']:.1f} s", flush=True)
+        r = rows[-1]
+        print(f"  {sch}: {r['wall']:.1f} s, stages {json.dumps({k: round(v, 1) for k, v in r['seconds'].items()})}, "
+              f"Adam/LM/adjust {r['adam']}/{r['lm']}/{r['adjust']}, {r['angle_deg']:.4f}°, "
+              f"PSNR {r['psnr_after']:.1f} dB, LPIPS {r['lpips_after']:.4f}", flush=True)
     print("\n| schedule | search s | pose refine s | adjust s | total wall s | peak RSS GiB | Adam / LM / adjust "
           "iters | rotation err ° | centre err | PSNR before → after dB | LPIPS before → after | other views "
           "min PSNR dB |")
