@@ -231,3 +231,21 @@ def test_schedules_and_early_stopping():
     _, _, rep_ref = optimize_input_view(g, img, alpha, None, _opts(search=False, refine_pose=False, adjust_iters=12,
                                                                  adjust_patience=0, reg_views_per_iter=0))
     assert rep_ref["stages"]["adjust"]["iters"] == 12
+
+
+def test_separable_search_finds_azimuth_and_radius():
+    """Fast schedule's search: elevation × azimuth first, then the radius scales at the best; 1 + 3 + 2 renders."""
+    g = _blobs()
+    cam = Cameras.orbit([0.0], [8.0], 1.5 * 1.1, 49.1, SIZE, SIZE)
+    out = render(g, cam, backend="torch")
+    opts = _opts(adjust=False, refine_pose=False, search_radius_scales=(0.9, 1.0, 1.1))
+    _, cam_f, rep = optimize_input_view(g, out.rgb[0].clamp(0, 1), out.alpha[0, ..., 0], None, opts)
+    s = rep["stages"]["search"]
+    assert s["candidates"] == 1 + 3 + 2
+    assert s["best_offset"]["azimuth"] == 8.0 and s["best_offset"]["radius_scale"] == 1.1
+    assert abs(rep["pose"]["radius"] - 1.65) < 1e-4
+    _, _, rep_full = optimize_input_view(g, out.rgb[0].clamp(0, 1), out.alpha[0, ..., 0], None,
+                                         _opts(adjust=False, refine_pose=False, search_radius_scales=(0.9, 1.0, 1.1),
+                                               search_separable=False))
+    assert rep_full["stages"]["search"]["candidates"] == 1 + 9
+    assert rep_full["stages"]["search"]["best_offset"] == s["best_offset"]
