@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -46,7 +47,35 @@ log = logging.getLogger("mvboost")
 
 @dataclass
 class PoseOptions:
-    """Settings of :func:`optimize_input_view` (defaults suit LGM's 256² Gaussians on a GPU; CPU: fewer steps)."""
+    """Settings of :func:`optimize_input_view`.
+
+    **Schedules.** The defaults are the ``"fast"`` schedule, sized for the CPU rasterizer (LGM's 65,536 Gaussians,
+    256² target: about a minute on 2 CPU cores; see ``docs/benchmarks.md``, "Optimize Input Pose"):
+
+    * search at 64² (``search_resolution``) in batches of 26 candidates, separably (``search_separable``: elevation
+      × azimuth first, then radius × fovy at the best);
+    * pose refinement: at most 30 Adam steps, the first 60 % at half resolution (``pyramid``), stopped early when the
+      loss has stayed within ``pose_rel_tol`` (relative) for ``pose_patience`` steps, then ``lm_iters``
+      Levenberg-Marquardt steps at full resolution, which do the final accuracy;
+    * adjustment: at most 24 Adam steps with LPIPS on 128² copies (``adjust_lpips_resolution``), stopped after
+      ``adjust_patience`` steps without a ``stop_rel_tol`` gain; the regularisation views are visited
+      ``reg_views_per_iter`` at a time in turn (an unbiased estimate of the same mean, 5× cheaper); the lowest-loss
+      adjustment seen is returned, so the input view never gets worse than after the pose stage.
+
+    ``PoseOptions.preset("reference")`` is the earlier schedule (search at 128² in batches of 8, 100 Adam pose steps
+    at full resolution, 100 adjustment steps with every regularisation view each step, no early stopping, the last
+    iterate kept, LPIPS at the working resolution): the baseline of the benchmark and for anyone reproducing earlier
+    numbers. Both schedules share every other field; keyword overrides apply on top (``PoseOptions.preset("reference", adjust_iters=50)``).
+
+    **Loss when the LPIPS trunk is missing.** The search and the adjustment score images with LPIPS-VGG
+    (``lpips_net``), which needs the ImageNet VGG16 trunk file. When that file cannot be found (constructing the
+    pretrained LPIPS raises ``FileNotFoundError``) and ``lpips_fallback`` is on (default), the pose stage does not
+    fail: it uses ``0.8·L1 + 0.2·(1 − SSIM)`` (SSIM of :func:`mvboost_core.metrics.ssim`) in LPIPS's place, records
+    ``report["loss"] = "l1+ssim (VGG16 trunk missing: …)"`` and adds a warning to ``report["warnings"]``; the
+    ``lpips_before/after`` entries then hold that loss. With ``lpips_fallback=False`` the ``FileNotFoundError`` is
+    raised. ``report["loss"]`` is ``"lpips-vgg"`` with the pretrained trunk, ``"lpips-vgg (random trunk)"`` with
+    ``lpips_pretrained=False`` and ``"custom"`` for a caller's ``lpips_fn``.
+    """
 
     # stage toggles
     search: bool = True
@@ -59,21 +88,24 @@ class PoseOptions:
     search_azimuths: Sequence[float] = (-10.0, -5.0, 0.0, 5.0, 10.0)  # degrees
     search_radius_scales: Sequence[float] = (0.9, 1.0, 1.1)
     search_fovy_offsets: Sequence[float] = (0.0,)  # degrees
-    search_resolution: int = 128
+    search_resolution: int = 64
     search_silhouette_weight: float = 1.0
-    search_batch: int = 8
+    search_batch: int = 26
+    search_separable: bool = True  # elevation × azimuth first, then radius × fovy at the best (False: full grid)
     min_iou: float = 0.05
     # 2. pose refinement
-    pose_iters: int = 100  # Adam steps (gradients through the rasterizer)
-    pose_lr: float = 1e-2
+    pose_iters: int = 30  # at most this many Adam steps (gradients through the rasterizer)
+    pose_lr: float = 1.5e-2
     lm_iters: int = 4  # Levenberg-Marquardt polish iterations after Adam (0 = off)
     lm_max_step_deg: float = 0.5  # LM trust region per iteration
     refine_focal: bool = True
     silhouette_weight: float = 0.5
     pose_lpips_weight: float = 0.0
-    pyramid: bool = False  # half-resolution first 60 % of Adam steps (helps on GPU; CPU renderer cost ~ footprint)
+    pyramid: bool = True  # half resolution for the first 60 % of the Adam steps (working resolution >= 256 only)
+    pose_patience: int = 5  # stop Adam once the loss stayed within pose_rel_tol for this many steps (0 = never)
+    pose_rel_tol: float = 1e-2
     # 3. learnable adjustments
-    adjust_iters: int = 100
+    adjust_iters: int = 24  # at most
     color_lr: float = 1e-2
     opacity_lr: float = 5e-2
     lpips_weight: float = 1.0
@@ -82,14 +114,34 @@ class PoseOptions:
     reg_l2_weight: float = 1e-3
     reg_azimuths: Sequence[float] = (45.0, 90.0, 180.0, 270.0, 315.0)
     reg_resolution: int = 128
+    adjust_lpips_resolution: int = 128  # LPIPS of the adjustment on images resized to this (0 = working res.)
+    reg_views_per_iter: int = 1  # regularisation views rendered per step, in turn (0 = all of them every step)
+    adjust_patience: int = 5  # stop after this many steps without improvement; keep the best (0 = run all, keep last)
+    stop_rel_tol: float = 1e-3  # relative loss improvement that counts for adjust_patience
     # misc
     center: Sequence[float] | None = None  # object centre (LGM world); None = opacity-weighted mean
     border: str = "pad"  # object touching the image border: "pad" (documented fallback) or "error"
     backend: str = "auto"
     lpips_net: str = "vgg"
     lpips_pretrained: bool = True  # False -> random VGG trunk (tests; nothing is downloaded)
-    lpips_download: bool = False  # let torch.hub fetch the ImageNet trunk when it is not cached
+    lpips_download: bool = False  # let the LPIPS loader fetch the ImageNet trunk when it is not found
+    lpips_fallback: bool = True  # trunk file missing -> 0.8·L1 + 0.2·(1 − SSIM) with a warning (False: raise)
     extra: dict = field(default_factory=dict)
+
+    #: Field values of the named schedules (everything not listed is shared).
+    SCHEDULES = {
+        "fast": {},
+        "reference": dict(search_resolution=128, search_batch=8, search_separable=False, adjust_lpips_resolution=0, pose_iters=100, pose_lr=1e-2, pyramid=False,
+                          pose_patience=0, adjust_iters=100, reg_views_per_iter=0, adjust_patience=0),
+    }
+
+    @classmethod
+    def preset(cls, schedule: str = "fast", **overrides) -> "PoseOptions":
+        """Options of a named schedule (``"fast"`` = the defaults, ``"reference"`` = the earlier, slower one),
+        with keyword ``overrides`` of single fields on top."""
+        if schedule not in cls.SCHEDULES:
+            raise ValueError(f"unknown pose schedule {schedule!r}; choose one of {sorted(cls.SCHEDULES)}")
+        return cls(**{**cls.SCHEDULES[schedule], **overrides})
 
 
 # ----------------------------------------------------------------------------------------------- geometry utils
@@ -197,6 +249,33 @@ def _iou(alpha: Tensor, mask: Tensor) -> Tensor:
     return inter / union.clamp_min(1e-8)
 
 
+def _l1_ssim(x: Tensor, y: Tensor) -> Tensor:
+    """The fallback image distance ``0.8·L1 + 0.2·(1 − SSIM)`` per view: ``[V,H,W,3]`` pairs -> ``[V]``."""
+    from .metrics import ssim
+
+    return 0.8 * (x - y).abs().flatten(1).mean(1) + 0.2 * (1.0 - ssim(x, y, reduction="none"))
+
+
+def _image_loss(opt: "PoseOptions", device, report: dict):
+    """LPIPS (``opt.lpips_net``) or, when its pretrained trunk file is missing and ``opt.lpips_fallback`` is on, the
+    documented ``0.8·L1 + 0.2·(1 − SSIM)`` with a warning. Returns ``(callable, name for report["loss"])``."""
+    name = f"lpips-{opt.lpips_net}" + ("" if opt.lpips_pretrained else " (random trunk)")
+    try:
+        return _Lpips(opt.lpips_net, opt.lpips_pretrained, device, opt.lpips_download), name
+    except FileNotFoundError as e:
+        if not (opt.lpips_fallback and opt.lpips_pretrained):
+            raise
+        where = getattr(e, "filename", None) or str(e)
+        report["warnings"].append(
+            f"LPIPS-{opt.lpips_net}'s ImageNet trunk is missing ({where}); the pose search and the adjustment use "
+            "the fallback loss 0.8·L1 + 0.2·(1 − SSIM) instead (install the trunk for LPIPS; see the README's "
+            "pose section)"
+        )
+        log.warning("[MVBoost] %s", report["warnings"][-1])
+        trunk = "VGG16" if opt.lpips_net == "vgg" else opt.lpips_net
+        return _l1_ssim, f"l1+ssim ({trunk} trunk missing: {where})"
+
+
 class _Lpips:
     """LPIPS on ``[V,H,W,3]`` images in [0,1] (lazy; uses ``mvboost_core.metrics.LPIPSLoss``)."""
 
@@ -252,6 +331,7 @@ def optimize_input_view(
     """
     from .render import render
 
+    t_start = time.perf_counter()
     opt = options or PoseOptions()
     if overrides:
         unknown = [k for k in overrides if not hasattr(opt, k)]
@@ -315,8 +395,9 @@ def optimize_input_view(
 
     lp = lpips_fn
     need_lpips = opt.search or opt.adjust or opt.pose_lpips_weight > 0
+    report["loss"] = "custom" if lp is not None else "none (no stage uses LPIPS)"
     if lp is None and need_lpips:
-        lp = _Lpips(opt.lpips_net, opt.lpips_pretrained, device, opt.lpips_download)
+        lp, report["loss"] = _image_loss(opt, device, report)
 
     def rend(g: Gaussians, cams: Cameras):
         return render(g, cams, background=(1.0, 1.0, 1.0), backend=opt.backend)
@@ -338,19 +419,26 @@ def optimize_input_view(
     report["nominal_pose"] = orbit_params(cam0, center)
 
     cam_best = cam_w
+    seconds = report["seconds"] = {"setup": time.perf_counter() - t_start}
     # ---------------------------------------------------------------- 1. pose search
     if opt.search:
+        t0 = time.perf_counter()
         cam_best = _pose_search(gaussians, target, tmask, cam_w, center, opt, rend, lp, prog, tick, report)
+        seconds["search"] = time.perf_counter() - t0
 
     # ---------------------------------------------------------------- 2. pose refinement
-    if opt.refine_pose and opt.pose_iters > 0:
+    if opt.refine_pose and (opt.pose_iters > 0 or opt.lm_iters > 0):
+        t0 = time.perf_counter()
         cam_best = _refine_pose(gaussians, target, tmask if mask_known else None, cam_best, center, opt, rend,
                                 lp, prog, tick, report)
+        seconds["refine_pose"] = time.perf_counter() - t0
 
     # ---------------------------------------------------------------- 3. learnable adjustments
     g_out = gaussians.clone()
     if opt.adjust and opt.adjust_iters > 0:
+        t0 = time.perf_counter()
         g_out = _adjust(gaussians, target, cam_best, center, opt, rend, lp, prog, tick, report)
+        seconds["adjust"] = time.perf_counter() - t0
     else:
         report["other_views"] = {"psnr_min": float("inf"), "max_abs": 0.0, "per_view_psnr": []}
 
@@ -371,61 +459,114 @@ def optimize_input_view(
                       cam_out.cy.detach(), cam_out.width, cam_out.height, cam_out.projection)
     report["pose"] = orbit_params(cam_out, center)
     report["renders"] = {"before": rgb_before.detach(), "after": final.detach(), "target": target.detach()}
+    seconds["total"] = time.perf_counter() - t_start
     return g_out.detach(), cam_out, report
 
 
 # ------------------------------------------------------------------------------------------------- stage 1
 def _pose_search(g, target, tmask, cam_w, center, opt, rend, lp, prog, tick, report) -> Cameras:
+    """Stage 1. ``search_separable=False``: every (elevation, azimuth, radius scale, fovy offset) of the grid.
+    ``True`` (fast schedule): first the elevation × azimuth grid at the radius scale nearest 1 and the fovy offset
+    nearest 0, then the radius scales × fovy offsets at the best of those (25 + 2 instead of 75 renders for the
+    default grid). The nominal camera is always candidate 0."""
     nominal = orbit_params(cam_w, center)
     Hs = max(8, round(cam_w.height * opt.search_resolution / max(cam_w.height, cam_w.width)))
     Ws = max(8, round(cam_w.width * opt.search_resolution / max(cam_w.height, cam_w.width)))
-    cands = [(de, da, sr, df) for de in opt.search_elevations for da in opt.search_azimuths
-             for sr in opt.search_radius_scales for df in opt.search_fovy_offsets]
-    e = torch.tensor([nominal["elevation"] + c[0] for c in cands], dtype=torch.float64)
-    a = torch.tensor([nominal["azimuth"] + c[1] for c in cands], dtype=torch.float64)
-    r = torch.tensor([nominal["radius"] * c[2] for c in cands], dtype=torch.float64)
-    fv = torch.tensor([nominal["fovy"] + c[3] for c in cands], dtype=torch.float64)
+    full = [(de, da, sr, df) for de in opt.search_elevations for da in opt.search_azimuths
+            for sr in opt.search_radius_scales for df in opt.search_fovy_offsets]
+    e = torch.tensor([nominal["elevation"] + c[0] for c in full], dtype=torch.float64)
+    r = torch.tensor([nominal["radius"] * c[2] for c in full], dtype=torch.float64)
+    fv = torch.tensor([nominal["fovy"] + c[3] for c in full], dtype=torch.float64)
     if (fv <= 1.0).any() or (fv >= 170.0).any() or (r <= 0).any():
         raise ValueError("the pose search range gives a fovy outside (1°, 170°) or a non-positive radius; "
                          "narrow search_fovy_offsets / search_radius_scales")
-    grid = _orbit_cameras(e, a, r, fv, cam_w.width, cam_w.height, center, g.device)
-    # the nominal camera itself (keeps any roll / off-centre aim of camera_init) is candidate 0
-    all_cams = Cameras.cat([cam_w, grid]).resized(Ws, Hs)
     tgt = _resize(target, Hs, Ws)
     msk = _resize(tmask[..., None], Hs, Ws)[..., 0]
+    sr0 = min(opt.search_radius_scales, key=lambda x: abs(x - 1.0))
+    df0 = min(opt.search_fovy_offsets, key=abs)
+    if opt.search_separable:
+        phase_a = [(de, da, sr0, df0) for de in opt.search_elevations for da in opt.search_azimuths]
+        n_b = len(opt.search_radius_scales) * len(opt.search_fovy_offsets) - 1
+    else:
+        phase_a, n_b = full, 0
+    n_total = 1 + len(phase_a) + n_b
+    cands: list = [None]  # None = the nominal camera (keeps any roll / off-centre aim of camera_init)
+    cams_all: list = [cam_w]
     scores, ious = [], []
-    n = len(all_cams)
-    for start in range(0, n, opt.search_batch):
-        tick()
-        cams = all_cams[start:start + opt.search_batch]
-        with torch.no_grad():
-            out = rend(g, cams)
-            rgb = out.rgb.clamp(0, 1)
-            iou = _iou(out.alpha[..., 0], msk)
-            d = lp(rgb, tgt.expand_as(rgb)) if lp is not None else ((rgb - tgt) ** 2).flatten(1).mean(1)
-        scores.append(d + opt.search_silhouette_weight * (1.0 - iou))
-        ious.append(iou)
-        prog("search", min(start + opt.search_batch, n), n)
-    scores, ious = torch.cat(scores), torch.cat(ious)
-    valid = ious >= opt.min_iou
-    if not bool(valid.any()):
+
+    def score(new: list) -> None:
+        grid = _orbit_cameras([nominal["elevation"] + c[0] for c in new], [nominal["azimuth"] + c[1] for c in new],
+                              [nominal["radius"] * c[2] for c in new], [nominal["fovy"] + c[3] for c in new],
+                              cam_w.width, cam_w.height, center, g.device)
+        todo = grid if scores else Cameras.cat([cam_w, grid])
+        cands.extend(new)
+        cams_all.append(grid)
+        small = todo.resized(Ws, Hs)
+        for start in range(0, len(small), opt.search_batch):
+            tick()
+            cams = small[start:start + opt.search_batch]
+            with torch.no_grad():
+                out = rend(g, cams)
+                rgb = out.rgb.clamp(0, 1)
+                iou = _iou(out.alpha[..., 0], msk)
+                d = lp(rgb, tgt.expand_as(rgb)) if lp is not None else ((rgb - tgt) ** 2).flatten(1).mean(1)
+            scores.extend((d + opt.search_silhouette_weight * (1.0 - iou)).tolist())
+            ious.extend(iou.tolist())
+            prog("search", len(scores), n_total)
+
+    def best_valid() -> int:
+        ok = [k for k in range(len(scores)) if ious[k] >= opt.min_iou]
+        return min(ok, key=lambda k: scores[k]) if ok else -1
+
+    score(phase_a)
+    if n_b > 0:
+        k = best_valid()
+        de, da = (0.0, 0.0) if k <= 0 else cands[k][:2]
+        score([(de, da, sr, df) for sr in opt.search_radius_scales for df in opt.search_fovy_offsets
+               if (sr, df) != (sr0, df0)])
+    best = best_valid()
+    n = len(scores)
+    if best < 0:
         raise ValueError(
             f"the pose search range excludes every valid pose: at none of the {n} candidate cameras does the render "
-            f"overlap the input mask (best IoU {float(ious.max()):.3f} < min_iou {opt.min_iou}); widen "
+            f"overlap the input mask (best IoU {max(ious):.3f} < min_iou {opt.min_iou}); widen "
             "search_elevations / search_azimuths / search_radius_scales or give a camera_init near the input view"
         )
-    scores = torch.where(valid, scores, torch.full_like(scores, float("inf")))
-    best = int(scores.argmin())
     report["stages"]["search"] = {
-        "candidates": n, "valid": int(valid.sum()), "best_index": best, "best_score": float(scores[best]),
-        "nominal_score": float(scores[0]), "best_iou": float(ious[best]),
+        "candidates": n, "valid": sum(1 for x in ious if x >= opt.min_iou), "best_index": best,
+        "best_score": scores[best], "nominal_score": scores[0], "best_iou": ious[best],
         "best_offset": None if best == 0 else dict(zip(("elevation", "azimuth", "radius_scale", "fovy"),
-                                                       cands[best - 1])),
+                                                       cands[best])),
     }
-    return Cameras.cat([cam_w, grid])[best]
+    return Cameras.cat(cams_all)[best]
 
 
 # ------------------------------------------------------------------------------------------------- stage 2
+class _Plateau:
+    """Early stopping on a converged loss: :meth:`update` returns True once ``patience`` consecutive values failed to
+    improve the best one by more than ``rel_tol`` (relative), but not before ``warmup`` values were seen (Adam's
+    first steps may raise the loss). ``flat=True``: stop once the last ``patience + 1`` values all lie within
+    ``rel_tol`` (relative) of their minimum, i.e. the loss has flattened (for a stage that keeps its last iterate).
+    ``patience <= 0`` never stops."""
+
+    def __init__(self, patience: int, rel_tol: float, warmup: int = 0, flat: bool = False) -> None:
+        self.patience, self.rel_tol, self.warmup, self.flat = int(patience), float(rel_tol), int(warmup), flat
+        self.best, self.since, self.count, self.window = float("inf"), 0, 0, []
+
+    def update(self, loss: float) -> bool:
+        self.count += 1
+        if self.flat:  # "flattened": the last patience+1 values lie within rel_tol of their minimum
+            self.window = (self.window + [loss])[-(self.patience + 1):]
+            lo, hi = min(self.window), max(self.window)
+            return (self.patience > 0 and len(self.window) > self.patience and self.count >= self.warmup
+                    and hi - lo <= self.rel_tol * abs(lo))
+        if loss < self.best - self.rel_tol * abs(self.best) or self.best == float("inf"):
+            self.best, self.since = loss, 0
+        else:
+            self.since += 1
+        return self.patience > 0 and self.since >= self.patience and self.count >= self.warmup
+
+
 def _pose_to_camera(theta: Tensor, V0: Tensor, p0: Tensor, cam_start: Cameras) -> Cameras:
     """theta = (ω[3], τ[3], log focal scale[1]) float64 -> Cameras (differentiable).
 
@@ -463,7 +604,7 @@ def _refine_pose(g, target, tmask, cam_start, center, opt, rend, lp, prog, tick,
     npar = 7 if opt.refine_focal else 6
     sil_w = opt.silhouette_weight if tmask is not None else 0.0
     Hc, Wc = cam_start.height // 2, cam_start.width // 2
-    use_pyr = opt.pyramid and min(cam_start.height, cam_start.width) >= 64
+    use_pyr = opt.pyramid and min(cam_start.height, cam_start.width) >= 256  # coarse level >= 128 px
     tgt_c = _resize(target, Hc, Wc) if use_pyr else target
     msk_c = None if (tmask is None or not use_pyr) else _resize(tmask[..., None], Hc, Wc)[..., 0]
 
@@ -476,6 +617,7 @@ def _refine_pose(g, target, tmask, cam_start, center, opt, rend, lp, prog, tick,
 
     total = opt.pose_iters + opt.lm_iters
     history: list[float] = []
+    adam_done = 0
     theta = torch.zeros(7, dtype=torch.float64, device=dev)
     # ---- (a) Adam through the rasterizer
     n = opt.pose_iters
@@ -484,9 +626,14 @@ def _refine_pose(g, target, tmask, cam_start, center, opt, rend, lp, prog, tick,
         param = torch.zeros(npar, dtype=torch.float64, device=dev, requires_grad=True)
         adam = torch.optim.Adam([param], lr=opt.pose_lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(adam, T_max=n, eta_min=opt.pose_lr * 0.01)
+        level = None
         for it in range(n):
             tick()
             coarse = it < n_coarse
+            if coarse != level:  # a new pyramid level: its losses are not comparable with the previous level's;
+                # stopping is considered from half of the level's steps on (cosine decay well under way)
+                n_level = n_coarse if coarse else n - it
+                plateau, level = _Plateau(opt.pose_patience, opt.pose_rel_tol, n_level // 2, flat=True), coarse
             tgt, msk = (tgt_c, msk_c) if coarse else (target, tmask)
             cam = _pose_to_camera(torch.cat([param, param.new_zeros(7 - npar)]), V0, p0, cam_start)
             if coarse:
@@ -500,7 +647,13 @@ def _refine_pose(g, target, tmask, cam_start, center, opt, rend, lp, prog, tick,
             adam.step()
             sched.step()
             history.append(float(loss.detach()))
+            adam_done = it + 1
             prog("pose", it + 1, total)
+            if plateau.update(history[-1]):
+                if coarse:  # converged at half resolution: go on at full resolution
+                    n_coarse = it + 1
+                    continue
+                break
         theta = torch.cat([param.detach(), param.new_zeros(7 - npar)])
 
     # ---- (b) Levenberg-Marquardt polish at full resolution
@@ -534,13 +687,13 @@ def _refine_pose(g, target, tmask, cam_start, center, opt, rend, lp, prog, tick,
             trial[:npar] += delta * sc
             history.append(cost_acc)
             lm_done = it + 1
-            prog("pose", opt.pose_iters + it + 1, total)
+            prog("pose", adam_done + it + 1, adam_done + opt.lm_iters)
             if float(delta[:6].abs().max()) < 1e-8:
                 break
         theta = theta_acc
     cam = _pose_to_camera(theta, V0, p0, cam_start)
     report["stages"]["refine_pose"] = {
-        "adam_iters": n, "lm_iters": lm_done, "loss_first": history[0] if history else None,
+        "adam_iters": adam_done, "lm_iters": lm_done, "loss_first": history[0] if history else None,
         "loss_last": history[-1] if history else None,
         "rotation_deg": math.degrees(float(theta[:3].norm())), "translation": float(theta[3:6].norm()),
         "focal_scale": float(torch.exp(theta[6])),
@@ -569,6 +722,15 @@ def _adjust(g, target, cam, center, opt, rend, lp, prog, tick, report) -> Gaussi
         return g.replace(colors=(g.colors + dcol).clamp(0, 1), opacities=torch.sigmoid(base_logit + dopa))
 
     n = opt.adjust_iters
+    H, W = target.shape[:2]
+    sl = 1.0 if opt.adjust_lpips_resolution <= 0 else min(1.0, opt.adjust_lpips_resolution / max(H, W))
+    Hl, Wl = max(16, round(H * sl)), max(16, round(W * sl))
+    tgt_l = _resize(target[None], Hl, Wl)
+    n_reg = 0 if reg_cams is None else len(reg_cams)
+    per_it = n_reg if opt.reg_views_per_iter <= 0 else min(n_reg, int(opt.reg_views_per_iter))
+    keep_best = opt.adjust_patience > 0
+    plateau = _Plateau(opt.adjust_patience, opt.stop_rel_tol)
+    best = (float("inf"), None, None)
     losses = []
     for it in range(n):
         tick()
@@ -576,15 +738,28 @@ def _adjust(g, target, cam, center, opt, rend, lp, prog, tick, report) -> Gaussi
         rgb = rend(ga, cam).rgb[0]
         loss = opt.mse_weight * ((rgb - target) ** 2).mean()
         if opt.lpips_weight > 0 and lp is not None:
-            loss = loss + opt.lpips_weight * lp(rgb.clamp(0, 1)[None], target[None])[0]
-        if reg_cams is not None:
-            loss = loss + opt.reg_views_weight * ((rend(ga, reg_cams).rgb - reg_ref) ** 2).mean()
+            loss = loss + opt.lpips_weight * lp(_resize(rgb.clamp(0, 1)[None], Hl, Wl), tgt_l)[0]
+        if per_it > 0:
+            # views it·per_it … (it+1)·per_it − 1 (mod n_reg): every view equally often, the same expected loss
+            idx = [(it * per_it + k) % n_reg for k in range(per_it)]
+            sel = reg_cams if per_it == n_reg else Cameras.cat([reg_cams[i] for i in idx])
+            ref = reg_ref if per_it == n_reg else reg_ref[idx]
+            loss = loss + opt.reg_views_weight * ((rend(ga, sel).rgb - ref) ** 2).mean()
         loss = loss + opt.reg_l2_weight * ((dcol ** 2).mean() + (dopa ** 2).mean())
+        losses.append(float(loss.detach()))
+        if keep_best and losses[-1] < best[0]:
+            best = (losses[-1], dcol.detach().clone(), dopa.detach().clone())
+        if plateau.update(losses[-1]):
+            prog("adjust", n, n)
+            break
         adam.zero_grad(set_to_none=True)
         loss.backward()
         adam.step()
-        losses.append(float(loss.detach()))
         prog("adjust", it + 1, n)
+    if keep_best and best[1] is not None:
+        with torch.no_grad():
+            dcol.copy_(best[1])
+            dopa.copy_(best[2])
     g_out = adjusted().detach()
     other = {"per_view_psnr": [], "psnr_min": float("inf"), "max_abs": 0.0, "azimuths": []}
     if reg_cams is not None:
@@ -595,7 +770,8 @@ def _adjust(g, target, cam, center, opt, rend, lp, prog, tick, report) -> Gaussi
         other["psnr_min"] = min(other["per_view_psnr"])
         other["max_abs"] = float((after - reg_ref).abs().max())
     report["other_views"] = other
-    report["stages"]["adjust"] = {"iters": n, "loss_first": losses[0], "loss_last": losses[-1],
+    report["stages"]["adjust"] = {"iters": len(losses), "loss_first": losses[0], "loss_last": losses[-1],
+                                  "loss_kept": best[0] if keep_best else losses[-1],
                                   "color_residual_max": float(dcol.detach().abs().max()),
                                   "opacity_delta_max": float(dopa.detach().abs().max())}
     return g_out

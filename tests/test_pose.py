@@ -155,3 +155,97 @@ def test_so3_exp_matches_rodrigues():
     K = torch.tensor([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]], dtype=torch.float64)
     R = torch.eye(3, dtype=torch.float64) + math.sin(th) * K + (1 - math.cos(th)) * K @ K
     assert torch.allclose(so3_exp(w), R, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------- loss without the VGG trunk
+def _tiny_vgg16_checkpoint(path) -> None:
+    """A torchvision-format ``vgg16`` state dict (``features.N.weight/bias`` with the real shapes) that takes a few
+    kB on disk: every tensor is a small random one broadcast to its shape (``expand`` keeps the small storage)."""
+    import torchvision
+
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in torchvision.models.vgg16().state_dict().items() if k.startswith("features.")}
+    gen = torch.Generator().manual_seed(0)
+    sd = {}
+    for k, s in shapes.items():
+        if k.endswith("weight"):  # [out, in, 3, 3]: per-output-channel scale of the local sum, ~1/sqrt(fan_in)
+            sd[k] = (torch.randn(s[0], 1, 1, 1, generator=gen) / math.sqrt(s[1] * 9)).expand(s)
+        else:
+            sd[k] = 0.01 * torch.randn(s, generator=gen)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(sd, path)
+
+
+@pytest.fixture
+def no_lpips_trunk(tmp_path, monkeypatch):
+    """Every place the pretrained LPIPS trunk is looked up is empty: $TORCH_HOME and the models folder."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("MVBOOST_MODELS_DIR", str(tmp_path / "models"))
+    return tmp_path / "torch_home" / "hub" / "checkpoints" / "vgg16-397923af.pth"
+
+
+def test_missing_lpips_trunk_falls_back_to_l1_ssim(no_lpips_trunk):
+    g = _blobs()
+    img, alpha = _target(g, azim=8.0)
+    opts = _opts(lpips_pretrained=True, adjust_iters=3)
+    g_out, cam, rep = optimize_input_view(g, img, alpha, None, opts)
+    assert rep["loss"].startswith("l1+ssim (VGG16 trunk missing"), rep["loss"]
+    assert any("fallback loss 0.8·L1 + 0.2·(1 − SSIM)" in w for w in rep["warnings"]), rep["warnings"]
+    # the stage did its job with the fallback: the search found the azimuth, the input view improved
+    assert rep["stages"]["search"]["best_offset"]["azimuth"] == 8.0
+    assert rep["psnr_after"] > rep["psnr_before"] + 10
+    assert 0.0 <= rep["lpips_after"] < rep["lpips_before"]
+    with pytest.raises(FileNotFoundError):
+        optimize_input_view(g, img, alpha, None, _opts(lpips_pretrained=True, lpips_fallback=False))
+
+
+def test_pretrained_lpips_trunk_is_used_when_present(no_lpips_trunk):
+    _tiny_vgg16_checkpoint(no_lpips_trunk)
+    assert no_lpips_trunk.stat().st_size < 100_000
+    g = _blobs()
+    img, alpha = _target(g, azim=8.0)
+    _, _, rep = optimize_input_view(g, img, alpha, None, _opts(lpips_pretrained=True, adjust_iters=2))
+    assert rep["loss"] == "lpips-vgg" and not any("trunk" in w for w in rep["warnings"]), rep
+    assert math.isfinite(rep["lpips_before"]) and math.isfinite(rep["lpips_after"])
+    _, _, rep_rand = optimize_input_view(g, img, alpha, None, _opts(adjust_iters=2))
+    assert rep_rand["loss"] == "lpips-vgg (random trunk)"
+    assert rep_rand["lpips_before"] != pytest.approx(rep["lpips_before"], rel=1e-3)  # the file's trunk was used
+
+
+# ------------------------------------------------------------------------------------------------- schedules
+def test_schedules_and_early_stopping():
+    ref = PoseOptions.preset("reference")
+    assert (ref.pose_iters, ref.adjust_iters, ref.search_resolution, ref.pose_patience, ref.adjust_patience,
+            ref.reg_views_per_iter, ref.pyramid) == (100, 100, 128, 0, 0, 0, False)
+    assert PoseOptions.preset("fast") == PoseOptions()
+    assert PoseOptions.preset("reference", adjust_iters=7).adjust_iters == 7
+    with pytest.raises(ValueError, match="unknown pose schedule"):
+        PoseOptions.preset("turbo")
+    g = _blobs()
+    img, alpha = _target(g)  # the target is the nominal view of these Gaussians: nothing to adjust
+    opts = _opts(search=False, refine_pose=False, adjust_iters=60, adjust_patience=4)
+    g_out, _, rep = optimize_input_view(g, img, alpha, None, opts)
+    assert rep["stages"]["adjust"]["iters"] <= 10  # stopped on the converged loss, long before 60
+    assert rep["psnr_after"] >= rep["psnr_before"] - 1e-6  # the best (= unadjusted) state was kept
+    # the reference keeps going for every iteration and returns the last iterate
+    _, _, rep_ref = optimize_input_view(g, img, alpha, None, _opts(search=False, refine_pose=False, adjust_iters=12,
+                                                                 adjust_patience=0, reg_views_per_iter=0))
+    assert rep_ref["stages"]["adjust"]["iters"] == 12
+
+
+def test_separable_search_finds_azimuth_and_radius():
+    """Fast schedule's search: elevation × azimuth first, then the radius scales at the best; 1 + 3 + 2 renders."""
+    g = _blobs()
+    cam = Cameras.orbit([0.0], [8.0], 1.5 * 1.1, 49.1, SIZE, SIZE)
+    out = render(g, cam, backend="torch")
+    opts = _opts(adjust=False, refine_pose=False, search_radius_scales=(0.9, 1.0, 1.1))
+    _, cam_f, rep = optimize_input_view(g, out.rgb[0].clamp(0, 1), out.alpha[0, ..., 0], None, opts)
+    s = rep["stages"]["search"]
+    assert s["candidates"] == 1 + 3 + 2
+    assert s["best_offset"]["azimuth"] == 8.0 and s["best_offset"]["radius_scale"] == 1.1
+    assert abs(rep["pose"]["radius"] - 1.65) < 1e-4
+    _, _, rep_full = optimize_input_view(g, out.rgb[0].clamp(0, 1), out.alpha[0, ..., 0], None,
+                                         _opts(adjust=False, refine_pose=False, search_radius_scales=(0.9, 1.0, 1.1),
+                                               search_separable=False))
+    assert rep_full["stages"]["search"]["candidates"] == 1 + 9
+    assert rep_full["stages"]["search"]["best_offset"] == s["best_offset"]
