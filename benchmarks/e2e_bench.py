@@ -36,8 +36,8 @@ sys.path.insert(0, str(REPO))
 DEFAULT_FIXTURES = Path(os.environ.get("MVBOOST_FIXTURES", REPO.parent / "shared" / "fixtures"))
 
 #: What ``mvboost generate --device cpu`` runs with its defaults (cli.py: 40 steps, guidance 3, 36 frames at 384²,
-#: CPU pose options pose_iters 40 + 4 LM, adjust 30, search 5 x 5 elevations/azimuths x 1 radius).
-TARGET = {"era3d_step": 40, "search": 25, "pose": 44, "adjust": 30, "turntable": 36}  # search: 5 x 5 x 1
+#: the default PoseOptions: search 1 + 5 x 5 + 2 candidates, 30 Adam + 4 LM steps, 24 adjustment steps).
+TARGET = {"era3d_step": 40, "search": 28, "pose": 34, "adjust": 24, "turntable": 36}
 
 #: Stages in run order with their human labels.
 STAGES = [("load", "load Era3D + LGM"), ("era3d_encode", "Era3D condition (CLIP + VAE encode)"),
@@ -47,12 +47,12 @@ STAGES = [("load", "load Era3D + LGM"), ("era3d_encode", "Era3D condition (CLIP 
           ("save", "save .ply/.splat/frames/GIF")]
 
 
-def cpu_pose_options(pose_iters: int = 40, lm_iters: int = 4, adjust_iters: int = 30, **kw):
-    """The CLI's CPU pose options (``cmd_generate``) with the iteration counts given."""
+def cpu_pose_options(pose_iters: int = 30, lm_iters: int = 4, adjust_iters: int = 24, **kw):
+    """The CLI's pose options (the PoseOptions defaults) with the iteration counts given."""
     from mvboost_core.pose import PoseOptions
 
     return PoseOptions(**{**PoseOptions().__dict__, "pose_iters": pose_iters, "lm_iters": lm_iters,
-                          "adjust_iters": adjust_iters, "resolution": 192, "search_radius_scales": (1.0,), **kw})
+                          "adjust_iters": adjust_iters, **kw})
 
 
 class StageTimer:

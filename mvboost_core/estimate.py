@@ -30,15 +30,15 @@ from dataclasses import dataclass, field, replace
 from typing import Optional
 
 __all__ = ["HostProfile", "Estimate", "CPU_PROFILES", "GPU_PROFILE", "estimate_generate", "format_rough",
-           "cli_cpu_pose_options", "host_profile", "DEFAULT_MIN_SECONDS", "main", "register", "cmd_estimate"]
+           "host_profile", "DEFAULT_MIN_SECONDS", "main", "register", "cmd_estimate"]
 
 #: Runs expected to take less than this (seconds) get no message.
 DEFAULT_MIN_SECONDS = 300.0
 
 #: Reference sizes the per-unit constants are measured at.
 ERA3D_RESOLUTION = 512
-POSE_RESOLUTION = 192  # the CLI's CPU pose working resolution
-SEARCH_RESOLUTION = 128
+POSE_RESOLUTION = 256  # PoseOptions().resolution (the CLI and the node use the core defaults)
+SEARCH_RESOLUTION = 64  # PoseOptions().search_resolution
 TURNTABLE_SIZE = 384
 
 
@@ -48,8 +48,8 @@ class HostProfile:
 
     era3d_encode: CLIP + VAE encoding of the condition image (512²); era3d_step_cfg: one denoising step with CFG
     (UNet batch 24 + DDIM, 512²); era3d_decode: VAE decode of the 12 views; lgm: bridge + LGM ``big`` forward;
-    pose_search: per search candidate; pose_iter: per refinement iteration (Adam or LM) at 192²; adjust_iter: per
-    appearance iteration at 192²; turntable_frame: per frame at 384²; load: loading both models; save: writing
+    pose_search: per search candidate at 64²; pose_iter: per refinement iteration (Adam or LM) at 256²; adjust_iter:
+    per appearance iteration at 256² (the default fast schedule of :class:`~mvboost_core.pose.PoseOptions`); turntable_frame: per frame at 384²; load: loading both models; save: writing
     .ply/.splat/frames/GIF."""
 
     name: str
@@ -75,7 +75,10 @@ _AVX2 = HostProfile(
     name="avx2", label="AVX2", threads=2,
     source="measured: AMD EPYC (AVX2 only), 2 threads, torch 2.14.1, 2026-12-02, benchmarks/e2e_bench.py",
     load=6.6, era3d_encode=15.3, era3d_step_cfg=295.3, era3d_decode=376.1, lgm=19.4,
-    pose_search=0.43, pose_iter=0.82, adjust_iter=4.10, turntable_frame=0.39, save=2.4,
+    # pose: benchmarks/pose_bench.py, default (fast) schedule, 65,536 Gaussians, 256² target, same host and day
+    # (docs/benchmarks.md "Optimize Input Pose on CPU"): search 6.6 s / 28 candidates, refine 29.8 s / 34
+    # iterations, adjust 44.1 s / 24 iterations (upper bounds: the early stops did not trigger in that run)
+    pose_search=6.6 / 28, pose_iter=29.8 / 34, adjust_iter=44.1 / 24, turntable_frame=0.39, save=2.4,
 )
 
 # The AVX-512 host of docs/benchmarks.md ("Precision and CPU tactics on an AVX-512 / avx512_bf16 host", 2026-12-02):
@@ -139,16 +142,6 @@ def format_rough(seconds: float) -> str:
     return f"~{m // 60} h {m % 60:02d} min"
 
 
-def cli_cpu_pose_options(**overrides):
-    """The pose options ``mvboost generate`` uses on a CPU (fewer, cheaper iterations than the GPU defaults)."""
-    from .pose import PoseOptions
-
-    base = PoseOptions()
-    kw = {**base.__dict__, "pose_iters": 40, "adjust_iters": 30, "resolution": POSE_RESOLUTION,
-          "search_radius_scales": (1.0,), **overrides}
-    return PoseOptions(**kw)
-
-
 def host_profile(device=None, cpu_class: Optional[str] = None) -> HostProfile:
     """The profile for ``device`` (CPU: this CPU's class, or ``cpu_class``)."""
     import torch
@@ -170,8 +163,7 @@ def estimate_generate(device=None, *, steps: int = 40, guidance: float = 3.0, re
                       include_load: bool = True) -> Estimate:
     """Estimated seconds per stage of ``mvboost generate`` (see the module docstring for the scaling rules).
 
-    ``pose_options``: a :class:`~mvboost_core.pose.PoseOptions` (default: on a CPU the CLI's CPU options, else the
-    GPU defaults). ``threads``: default ``torch.get_num_threads()`` (CPU only). ``message`` is set only on a CPU and
+    ``pose_options``: a :class:`~mvboost_core.pose.PoseOptions` (default: its defaults, which the CLI uses). ``threads``: default ``torch.get_num_threads()`` (CPU only). ``message`` is set only on a CPU and
     only when the total exceeds ``min_seconds``."""
     import torch
 
@@ -197,7 +189,7 @@ def estimate_generate(device=None, *, steps: int = 40, guidance: float = 3.0, re
         if pose_options is None:
             from .pose import PoseOptions
 
-            pose_options = cli_cpu_pose_options() if on_cpu else PoseOptions()
+            pose_options = PoseOptions()  # what `mvboost generate` and the node use on every device
         n = pose_stage_totals(pose_options)
         r = (float(pose_options.resolution) / POSE_RESOLUTION) ** 2
         rs = (float(pose_options.search_resolution) / SEARCH_RESOLUTION) ** 2

@@ -77,8 +77,10 @@ def pose_stage_totals(options: Optional[PoseOptions] = None) -> dict[str, int]:
     (``search`` counts candidate poses, ``pose`` iterations + LM steps, ``adjust`` iterations). The pose code's own
     reports stay authoritative: :class:`~mvboost_core.progress.StageProgress` takes their totals when they differ."""
     o = options or PoseOptions()
-    n_search = (len(o.search_elevations) * len(o.search_azimuths) * len(o.search_radius_scales)
-                * len(o.search_fovy_offsets)) if o.search else 0
+    n_ea = len(o.search_elevations) * len(o.search_azimuths)
+    n_rf = len(o.search_radius_scales) * len(o.search_fovy_offsets)
+    # the nominal camera + the grid; separable: elevation x azimuth, then the other radius/fovy pairs at the best
+    n_search = (1 + (n_ea + n_rf - 1 if o.search_separable else n_ea * n_rf)) if o.search else 0
     return {"search": n_search, "pose": (o.pose_iters + o.lm_iters) if o.refine_pose else 0,
             "adjust": o.adjust_iters if o.adjust else 0}
 

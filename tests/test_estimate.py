@@ -11,6 +11,7 @@ import pytest
 
 from mvboost_core import estimate as E
 from mvboost_core.pipeline import pose_stage_totals
+from mvboost_core.pose import PoseOptions
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -36,7 +37,7 @@ def test_scaling_laws():
     assert "pose" not in _est(optimize_pose=False).stages
     assert _est(frames=72).stages["turntable"] == pytest.approx(2 * a.stages["turntable"])
     assert _est(turntable_size=192).stages["turntable"] == pytest.approx(a.stages["turntable"] / 4)
-    n = pose_stage_totals(E.cli_cpu_pose_options())
+    n = pose_stage_totals(PoseOptions())
     assert a.stages["pose"] == pytest.approx(n["search"] * p.pose_search + n["pose"] * p.pose_iter
                                              + n["adjust"] * p.adjust_iter)
     assert a.total == pytest.approx(sum(a.stages.values()))
@@ -71,7 +72,7 @@ def test_format_rough():
 
 
 def test_bench_targets_match_the_cli_cpu_settings():
-    n = pose_stage_totals(E.cli_cpu_pose_options())
+    n = pose_stage_totals(PoseOptions())
     assert {k: e2e_bench.TARGET[k] for k in n} == n
     assert e2e_bench.TARGET["era3d_step"] == 40 and e2e_bench.TARGET["turntable"] == 36
 
@@ -82,10 +83,10 @@ def test_extrapolate_arithmetic():
     units = {"era3d_step": 2, "search": 25, "pose": 4, "adjust": 3, "turntable": 8}
     rows = {r["stage"]: r for r in e2e_bench.extrapolate(secs, units)}
     assert rows["era3d_step"]["extrapolated"] == pytest.approx(5.0 * 40)
-    assert rows["pose"]["extrapolated"] == pytest.approx(2.0 * 44)
-    assert rows["adjust"]["extrapolated"] == pytest.approx(2.0 * 30)
+    assert rows["pose"]["extrapolated"] == pytest.approx(2.0 * e2e_bench.TARGET["pose"])
+    assert rows["adjust"]["extrapolated"] == pytest.approx(2.0 * e2e_bench.TARGET["adjust"])
     assert rows["turntable"]["extrapolated"] == pytest.approx(0.5 * 36)
-    assert rows["search"]["extrapolated"] == pytest.approx(5.0)
+    assert rows["search"]["extrapolated"] == pytest.approx(5.0 / 25 * e2e_bench.TARGET["search"])
     assert rows["decode" if "decode" in rows else "era3d_decode"]["extrapolated"] == 4.0  # once-only stage
     assert rows["total"]["extrapolated"] == pytest.approx(sum(r["extrapolated"] for k, r in rows.items()
                                                               if k != "total"))
