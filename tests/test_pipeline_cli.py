@@ -178,7 +178,10 @@ def test_image_to_3d_workflow_runs_and_ui_twins_match(comfy_env):
         assert {n["type"] for n in ui["nodes"]} <= set(comfy_env.nodes) | {"LoadImage", "PreviewImage", "SaveImage"}
         assert (REPO / "workflows" / f"{name}.jpg").is_file()
         models = [m for n in ui["nodes"] for m in n["properties"].get("models", [])] + ui.get("models", [])
-        assert {m["directory"] for m in models} == {"lgm", "era3d"}
+        assert {m["directory"] for m in models} == {"lgm", "era3d", "lpips"}
+        (lp,) = [m for m in ui["models"] if m["directory"] == "lpips"]  # the pose step's VGG16, a .safetensors
+        assert lp == {"name": "vgg16.tv_in1k.safetensors", "directory": "lpips",
+                      "url": "https://huggingface.co/timm/vgg16.tv_in1k/resolve/main/model.safetensors"}
         assert all(m["url"].startswith("https://huggingface.co/") and m["name"] for m in models)
 
 

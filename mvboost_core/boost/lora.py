@@ -433,6 +433,38 @@ def check_adapter_compatible(model: nn.Module, sd: dict[str, Tensor], info: Adap
             warnings.warn(msg, stacklevel=3)
 
 
+def check_adapter_file(path: str | os.PathLike, lgm_checkpoint: str | os.PathLike) -> AdapterInfo:
+    """Check an adapter file against an LGM checkpoint *file* without building either network: the adapter's
+    metadata and tensors (:func:`load_adapter`) and the checkpoint's safetensors header (keys and shapes) only.
+    Lets a command refuse an incompatible ``--lora`` before hours of Era3D sampling. Raises
+    :class:`LoRAError` / :class:`LoRACompatibilityError` (or ``FileNotFoundError``); returns the adapter's info.
+    The base-weights checksum is not compared here (that needs the loaded weights; :func:`apply_lora` warns)."""
+    from types import SimpleNamespace
+
+    from ..lgm.checkpoint import _read_any, detect_config
+
+    sd, info = load_adapter(path)
+    shapes, kind = _read_any(Path(lgm_checkpoint))
+    if kind != "safetensors":
+        return info  # pickled checkpoints are only checked after loading
+    cfg = detect_config(shapes)
+    name, arch = model_config_info(SimpleNamespace(config=cfg))
+    src = info.path or "the adapter"
+    if info.base_architecture is not None and arch is not None and info.base_architecture != arch:
+        raise LoRACompatibilityError(
+            f"LoRA {src} was trained on LGM config {info.base_config!r} but {lgm_checkpoint} is {name!r}. Use the "
+            "base checkpoint the adapter was trained on, or an adapter trained for this one.")
+    for t in info.target_modules:
+        w = shapes.get(f"{t}.weight")
+        a, b = sd[f"{t}.lora_A.weight"], sd[f"{t}.lora_B.weight"]
+        if w is None or tuple(w) != (b.shape[0], a.shape[1]):
+            raise LoRACompatibilityError(
+                f"LoRA {src} adapts layer {t} ({a.shape[1]}->{b.shape[0]}) which {lgm_checkpoint} "
+                f"{'does not have' if w is None else f'has as {w[1]}->{w[0]}'}: it was trained on another base "
+                f"config ({info.base_config!r}, checkpoint {name!r}).")
+    return info
+
+
 # --------------------------------------------------------------------------------------------- apply / remove
 def lora_applied(model: nn.Module) -> dict | None:
     """``{"path", "strength", "merged", "info"}`` of the LoRA applied by :func:`apply_lora`, or None."""
