@@ -280,12 +280,9 @@ def lpips_ready(models_dir, yes: bool, purpose: str) -> Path | None:
     from .metrics import find_lpips_weights
 
     found = weights.lpips_weights_file(models_dir)
-    if found.is_file():
-        return found
-    if not models_dir:
-        other = find_lpips_weights("vgg")
-        if other is not None:
-            return other
+    other = find_lpips_weights("vgg", models_dir)  # <models>/lpips/, else torchvision's cache (legacy)
+    if other is not None:
+        return other
     if not yes and not (sys.stdin.isatty() and _ask(
             f"{purpose} uses LPIPS, whose VGG16 weights ({weights.SIZES['lpips']}, huggingface.co/"
             f"{weights.LPIPS_REPO}) are not in {found.parent}. Download them now?")):
