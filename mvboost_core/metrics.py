@@ -16,6 +16,9 @@ the batch with ``reduction="mean"`` (the default).
   ``structural_similarity_index_measure(preds, target, data_range=1.0)`` computes (tested against it).
 - LPIPS through the ``lpips`` package (v0.1 linear heads shipped in its wheel; VGG16 by default as in LGM's
   training loss, AlexNet optional). Our inputs in [0, 1] are mapped to lpips's [-1, 1] convention internally.
+  The ImageNet VGG16 trunk is a model file like the others (see :func:`find_lpips_weights`): an explicit path, else
+  ``<models_dir>/lpips/vgg16.tv_in1k.safetensors`` (``mvboost download lpips``; in ComfyUI ``models/lpips/``, which
+  the nodes pass in with :func:`lpips_weights`), else torchvision's cached ``vgg16-397923af.pth`` (legacy).
 
 3D conventions
 --------------
@@ -30,6 +33,8 @@ distances at a time) for any number of points.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 import os
@@ -49,6 +54,8 @@ __all__ = [
     "get_lpips",
     "lpips_metric",
     "lpips_backbone_file",
+    "find_lpips_weights",
+    "lpips_weights",
     "nearest_distances",
     "chamfer_distance",
     "fscore",
@@ -179,6 +186,51 @@ def lpips_backbone_file(net: str = "vgg") -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(_BACKBONE_URLS[net])
 
 
+_WEIGHTS_OVERRIDE: contextvars.ContextVar = contextvars.ContextVar("mvboost_lpips_weights", default=None)
+
+
+@contextlib.contextmanager
+def lpips_weights(path: "str | os.PathLike | None"):
+    """Inside this block, LPIPS-VGG built without an explicit ``pretrained_path`` (e.g. by the pose optimiser) reads
+    its trunk from ``path`` first (None: no change). The CLI passes its ``--models-dir`` file, the ComfyUI node the
+    file it found in ``models/lpips/``. A context variable: threads and other requests are not affected."""
+    token = _WEIGHTS_OVERRIDE.set(None if path is None else Path(path))
+    try:
+        yield
+    finally:
+        _WEIGHTS_OVERRIDE.reset(token)
+
+
+def find_lpips_weights(net: str = "vgg", models_dir=None) -> Path | None:
+    """The trunk file LPIPS-``net`` will use, or None. VGG, in order: the :func:`lpips_weights` path, then
+    ``<models_dir>/lpips/vgg16.tv_in1k.safetensors`` (:func:`mvboost_core.weights.lpips_weights_file`; default models
+    dir: ``$MVBOOST_MODELS_DIR`` or the user cache), then torchvision's ``$TORCH_HOME/hub/checkpoints/
+    vgg16-397923af.pth``. AlexNet: torchvision's cache only."""
+    from .weights import lpips_weights_file
+
+    if net not in _BACKBONE_URLS:
+        raise ValueError(f"LPIPS net must be one of {sorted(_BACKBONE_URLS)}, got {net!r}")
+    cands = []
+    if net == "vgg":
+        cands += [p for p in (_WEIGHTS_OVERRIDE.get(),) if p is not None] + [lpips_weights_file(models_dir)]
+    cands.append(lpips_backbone_file(net))
+    return next((p for p in cands if p.is_file()), None)
+
+
+def _missing_trunk(net: str, tried: Path | None = None):
+    from .weights import LPIPS_URL, WeightsNotFoundError, lpips_weights_file
+
+    if net == "vgg":
+        return WeightsNotFoundError(
+            f"LPIPS-VGG needs the ImageNet VGG16 weights{f' (not found at {tried})' if tried else ''}: run "
+            f"`mvboost download lpips` (~553 MB into {lpips_weights_file()}), or download {LPIPS_URL} as "
+            f"vgg16.tv_in1k.safetensors into ComfyUI/models/lpips/ (torchvision's {lpips_backbone_file('vgg')} "
+            "also works)")
+    return WeightsNotFoundError(
+        f"LPIPS-alex needs torchvision's ImageNet AlexNet weights{f' (not found at {tried})' if tried else ''}: "
+        f"download {_BACKBONE_URLS['alex']} into {lpips_backbone_file('alex').parent}")
+
+
 def _build_lpips(net: str, spatial: bool) -> nn.Module:
     """An ``lpips.LPIPS`` module with the v0.1 linear heads shipped in the lpips wheel and an *uninitialised* trunk.
 
@@ -226,9 +278,12 @@ class LPIPSLoss(nn.Module):
 
     Weights: the linear heads ship inside the ``lpips`` wheel (``lpips/weights/v0.1/<net>.pth``). The ImageNet
     trunk (torchvision VGG16 / AlexNet ``features``) is read from ``pretrained_path`` if given, else from
-    torchvision's cache (:func:`lpips_backbone_file`); ``download=True`` lets torch.hub fetch it when missing.
+    :func:`find_lpips_weights`; ``download=True`` fetches the VGG file with
+    :func:`mvboost_core.weights.download_lpips` (huggingface_hub) when none is found. A missing trunk raises
+    :class:`mvboost_core.weights.WeightsNotFoundError` (a ``FileNotFoundError``) naming ``mvboost download lpips``.
     ``pnet_rand=True`` keeps a randomly initialised trunk (tests / plumbing only; the numbers are meaningless).
-    The file may be a full torchvision state dict (``features.N.weight`` …) or just its ``features.*`` entries.
+    The file may be a ``.safetensors`` (timm's ``vgg16.tv_in1k``: ``features.N.*`` as torchvision, plus a
+    classifier that is not read) or a torch file (a full torchvision state dict or just its ``features.*``).
     """
 
     def __init__(self, net: str = "vgg", pretrained_path: str | os.PathLike | None = None,
@@ -251,24 +306,37 @@ class LPIPSLoss(nn.Module):
 
     @staticmethod
     def _backbone_path(net: str, pretrained_path, download: bool) -> Path:
-        path = Path(pretrained_path) if pretrained_path is not None else lpips_backbone_file(net)
-        if not path.is_file() and pretrained_path is None and download:
-            torch.hub.load_state_dict_from_url(_BACKBONE_URLS[net], progress=False)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"LPIPS-{net} needs torchvision's ImageNet {'VGG16' if net == 'vgg' else 'AlexNet'} weights "
-                f"'{os.path.basename(_BACKBONE_URLS[net])}', not found at {path}. Download "
-                f"{_BACKBONE_URLS[net]} on a machine with internet and put it at "
-                f"{lpips_backbone_file(net)} (torchvision's cache; $TORCH_HOME moves it) or pass "
-                "pretrained_path=... (LPIPSLoss(download=True) fetches it when online)."
-            )
+        if pretrained_path is not None:
+            path = Path(pretrained_path).expanduser()
+            if not path.is_file():
+                raise _missing_trunk(net, path)
+            return path
+        path = find_lpips_weights(net)
+        if path is None and download:
+            if net == "vgg":
+                from .weights import download_lpips
+
+                path = download_lpips()
+            else:
+                torch.hub.load_state_dict_from_url(_BACKBONE_URLS[net], progress=False)
+                path = find_lpips_weights(net)
+        if path is None:
+            raise _missing_trunk(net)
         return path
 
     def _load_backbone(self, net: str, path: Path) -> None:
+        want = {"features." + n.split(".", 1)[1] for n, _ in self.model.net.named_parameters()}
         try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            if path.suffix == ".safetensors":
+                from safetensors import safe_open
+
+                with safe_open(str(path), framework="pt") as f:  # only the trunk: timm's classifier is 0.4 GB
+                    sd = {k: f.get_tensor(k) for k in f.keys() if k in want}
+            else:
+                sd = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
-            raise ValueError(f"LPIPS-{net}: cannot read backbone weights {path}: {e}") from e
+            raise ValueError(f"LPIPS-{net}: cannot read backbone weights {path}: {e}. Download it again "
+                             "(`mvboost download lpips` after deleting it).") from e
         if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
             sd = sd["state_dict"]
         if not isinstance(sd, dict):
@@ -308,7 +376,12 @@ def _cached_lpips(net: str, pretrained_path: str | None, pnet_rand: bool, device
 
 
 def get_lpips(net: str = "vgg", pretrained_path=None, pnet_rand: bool = False, device="cpu") -> LPIPSLoss:
-    """A process-wide cached :class:`LPIPSLoss` (built once per (net, path, pnet_rand, device))."""
+    """A process-wide cached :class:`LPIPSLoss` (built once per (net, path, pnet_rand, device); the path is
+    resolved first, so :func:`lpips_weights` is honoured)."""
+    if pretrained_path is None and not pnet_rand:
+        pretrained_path = find_lpips_weights(net)
+        if pretrained_path is None:
+            raise _missing_trunk(net)
     return _cached_lpips(net, None if pretrained_path is None else str(pretrained_path), bool(pnet_rand),
                          str(torch.device(device)))
 

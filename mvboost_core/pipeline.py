@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -206,16 +204,9 @@ def render_turntable(gaussians: Gaussians, frames: int = 24, size: int = 256, el
 
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from .atomic import atomic_write
+
+    return atomic_write(path, writer=write)
 
 
 def _to_u8(img: Tensor) -> np.ndarray:

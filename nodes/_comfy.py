@@ -45,7 +45,7 @@ __all__ = [
     "get_annotated_filepath",
     "to_comfy_image", "to_comfy_mask", "from_comfy_image", "preview_images_ui",
     "MASK_LOADIMAGE", "MASK_OBJECT", "MASK_CONVENTIONS", "object_alpha", "one_image",
-    "ManagedModel", "NodeProgress",
+    "ManagedModel", "NodeProgress", "lpips_weights_path",
 ]
 
 # --------------------------------------------------------------------------------------------- constants
@@ -65,6 +65,7 @@ MODEL_FOLDERS = {
     "lgm": {".safetensors"},
     "era3d": set(),
     "lgm_loras": {".safetensors"},
+    "lpips": {".safetensors", ".pth"},  # LPIPS-VGG's VGG16 trunk (vgg16.tv_in1k.safetensors), see lpips_weights_path
 }
 
 
@@ -196,7 +197,7 @@ def _fallback_models_dir() -> str:
 
 
 def register_model_folders() -> None:
-    """Register ``lgm`` / ``era3d`` / ``lgm_loras`` with ComfyUI's folder_paths (idempotent, cheap).
+    """Register ``lgm`` / ``era3d`` / ``lgm_loras`` / ``lpips`` with ComfyUI's folder_paths (idempotent, cheap).
 
     Uses ``add_model_folder_path`` so ``extra_model_paths.yaml`` entries are kept; the default path
     ``<models_dir>/<name>`` is appended. Call it lazily (the loaders' ``INPUT_TYPES`` do).
@@ -274,6 +275,21 @@ def get_model_dir_list(folder: str, marker: str | None = None) -> list[str]:
             if os.path.isdir(p) and (marker is None or os.path.exists(os.path.join(p, marker))):
                 out.add(n)
     return sorted(out)
+
+
+def lpips_weights_path() -> str | None:
+    """The LPIPS VGG16 trunk in ComfyUI's ``models/lpips/`` (``vgg16.tv_in1k.safetensors`` preferred, else any
+    ``.safetensors``/``.pth`` there), or None: core then searches its own places and, when nothing is found, the
+    pose step uses its fallback loss."""
+    from ..mvboost_core.weights import LPIPS_FILE  # type: ignore[attr-defined]
+
+    names = get_filename_list("lpips")
+    for name in sorted(names, key=lambda n: (os.path.basename(n) != LPIPS_FILE, n)):
+        try:
+            return get_full_path("lpips", name)
+        except FileNotFoundError:
+            continue
+    return None
 
 
 def get_full_path(folder: str, name: str) -> str:

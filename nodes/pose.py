@@ -78,6 +78,7 @@ class MVBoostOptimizeInputPose(io.ComfyNode):
                 mask_convention=C.MASK_LOADIMAGE, lpips_pretrained=True) -> io.NodeOutput:
         import torch
 
+        from ..mvboost_core.metrics import lpips_weights
         from ..mvboost_core.pipeline import nominal_input_camera, pose_stage_totals
         from ..mvboost_core.pose import PoseOptions, optimize_input_view
 
@@ -105,7 +106,8 @@ class MVBoostOptimizeInputPose(io.ComfyNode):
         device = C.get_torch_device()
         # ComfyUI runs every prompt under torch.inference_mode(): leave it (like core's nodes_train.py) and clone the
         # inputs there, since inference tensors cannot take part in backward.
-        with torch.inference_mode(False), torch.enable_grad():
+        # LPIPS-VGG's trunk from models/lpips/ (none there: core's own places, else the pose step's fallback loss)
+        with torch.inference_mode(False), torch.enable_grad(), lpips_weights(C.lpips_weights_path()):
             g = gaussians.to(device=device).clone()
             img = img.to(device=device, dtype=torch.float32).clone()
             m = None if alpha is None else alpha.to(device=device, dtype=torch.float32).clone()

@@ -9,7 +9,8 @@ headless on loopback with this checkout in ``custom_nodes/`` and tiny checkpoint
   ``user/``) and ``--database-url sqlite:///:memory:``; ``--cpu``; ``--listen 127.0.0.1`` and a free port.
 * Models: ``models/lgm/model_fp16_fixrot.safetensors`` (the LGM ``micro`` config in the public key names and
   fp16 safetensors format) and ``models/era3d/MacLab-Era3D-512-6view/`` (a tiny Era3D diffusers folder in the
-  released layout), both from ``mvboost_core.selftest``; inputs the example workflows name are written into
+  released layout), both from ``mvboost_core.selftest``, and ``models/lpips/vgg16.tv_in1k.safetensors`` (LPIPS-VGG's
+  trunk in timm's file format, random values, ``tests/lpips_helpers.py``); inputs the example workflows name are written into
   ``input/``.
 
 Only the standard library talks to the server (``urllib``); the log is kept in ``<base>/server.log``.
@@ -38,6 +39,7 @@ FRONTEND_NEWEST = "1.58.1"
 PACK_DIR_NAME = "ComfyUI-MVBoost"
 LGM_FILE = "model_fp16_fixrot.safetensors"
 ERA3D_DIR = "MacLab-Era3D-512-6view"
+LPIPS_FILE = "vgg16.tv_in1k.safetensors"
 
 
 def frontend_root(version: str) -> Path | None:
@@ -78,6 +80,9 @@ def populate_base(base: Path) -> None:
     models = base / "models"
     build_tiny_lgm(models / "lgm" / LGM_FILE)
     build_tiny_era3d(models / "era3d" / ERA3D_DIR)
+    from lpips_helpers import write_vgg16_safetensors
+
+    write_vgg16_safetensors(models / "lpips" / LPIPS_FILE)  # timm/vgg16.tv_in1k's format, random values
     inp = base / "input"
     inp.mkdir(parents=True, exist_ok=True)
     example = REPO_ROOT / "workflows" / "mvboost_example.png"

@@ -85,6 +85,16 @@ def test_missing_models_dialog_appears_only_for_an_absent_model(app_page):
     dialogs = load_workflow(page, wf)
     assert any("Some-Other-Era3D/unet/diffusion_pytorch_model.safetensors" in d for d in dialogs), dialogs
     page.keyboard.press("Escape")
+    # the pose step's LPIPS VGG16 trunk (models/lpips/, placed by comfy_server.py): present -> no dialog (checked for
+    # every workflow above); a name that is not there -> the dialog offers it
+    wf = json.loads((REPO_ROOT / "workflows" / "mvboost_image_to_3d.json").read_text())
+    (lp,) = [m for m in wf["models"] if m["directory"] == "lpips"]
+    assert (server.base / "models" / "lpips" / lp["name"]).is_file() and lp["name"].endswith(".safetensors")
+    assert load_workflow(page, wf) == []
+    lp["name"] = "vgg16-absent.safetensors"
+    dialogs = load_workflow(page, wf)
+    assert any("vgg16-absent.safetensors" in d for d in dialogs), dialogs
+    page.keyboard.press("Escape")
 
 
 FAST = {  # widget edits before Run (budget: the shipped defaults take minutes on CPU, see test_comfy_server.py)

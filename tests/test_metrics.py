@@ -226,14 +226,53 @@ def test_lpips_backbone_from_path_and_cache(tmp_path, monkeypatch):
 
 
 def test_lpips_offline_without_weights_names_the_file(tmp_path, monkeypatch):
+    from mvboost_core.weights import WeightsNotFoundError
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
-    with pytest.raises(FileNotFoundError, match=r"vgg16-397923af\.pth") as e:
+    monkeypatch.setenv("MVBOOST_MODELS_DIR", str(tmp_path / "models"))
+    with pytest.raises(FileNotFoundError, match=r"mvboost download lpips") as e:
         LPIPSLoss(net="vgg")
+    assert isinstance(e.value, WeightsNotFoundError)  # FileNotFoundError: the pose step's fallback trigger
+    assert str(tmp_path / "models" / "lpips" / "vgg16.tv_in1k.safetensors") in str(e.value)
+    assert "models/lpips" in str(e.value) and "timm/vgg16.tv_in1k" in str(e.value)
     assert str(tmp_path / "empty" / "hub" / "checkpoints" / "vgg16-397923af.pth") in str(e.value)
     with pytest.raises(FileNotFoundError, match=r"alexnet-owt-7be5be79\.pth"):
         LPIPSLoss(net="alex", pretrained_path=tmp_path / "nope.pth")
     with pytest.raises(ValueError, match="net"):
         LPIPSLoss(net="squeeze", pnet_rand=True)
+
+
+def test_lpips_vgg_from_the_models_folder_safetensors(tmp_path, monkeypatch):
+    """timm/vgg16.tv_in1k's file format (features.* + a classifier that is not read) in <models>/lpips/, found in
+    order: lpips_weights() override, the models folder, torchvision's cache."""
+    from lpips_helpers import write_vgg16_safetensors
+
+    from mvboost_core.metrics import find_lpips_weights, get_lpips, lpips_weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    monkeypatch.setenv("MVBOOST_MODELS_DIR", str(tmp_path / "models"))
+    assert find_lpips_weights("vgg") is None
+    legacy = lpips_backbone_file("vgg")
+    legacy.parent.mkdir(parents=True)
+    legacy.write_bytes(b"")
+    assert find_lpips_weights("vgg") == legacy
+    f = tmp_path / "models" / "lpips" / "vgg16.tv_in1k.safetensors"
+    sd = write_vgg16_safetensors(f, seed=1)
+    assert find_lpips_weights("vgg") == f  # the models folder wins over torchvision's cache
+    m = LPIPSLoss(net="vgg")
+    assert m.weights_file == f
+    torch.testing.assert_close(m.model.net.slice1[0].weight, sd["features.0.weight"])
+    torch.testing.assert_close(m.model.net.slice5._modules["28"].bias, sd["features.28.bias"])
+    other = tmp_path / "comfy" / "models" / "lpips" / "vgg16.tv_in1k.safetensors"
+    sd2 = write_vgg16_safetensors(other, seed=2)
+    with lpips_weights(other):
+        assert find_lpips_weights("vgg") == other
+        m2 = get_lpips("vgg")
+    assert find_lpips_weights("vgg") == f  # only inside the block
+    assert m2.weights_file == other
+    torch.testing.assert_close(m2.model.net.slice2._modules["5"].weight, sd2["features.5.weight"])
+    a, b = smooth_images(1, 32, 32, 1).float(), smooth_images(1, 32, 32, 2).float()
+    assert float(m(a, b)[0]) != float(m2(a, b)[0])
 
 
 # ------------------------------------------------------------------------------------------- Chamfer / F-score

@@ -67,21 +67,20 @@ def test_generate_with_tiny_checkpoints(tiny_models, example_png, tmp_path, caps
 
 
 def test_generate_without_weights_and_without_a_terminal_names_the_download_command(example_png, tmp_path,
-                                                                                     monkeypatch):
+                                                                                     monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", open("/dev/null"))
-    with pytest.raises(SystemExit) as e:
-        cli.main(["generate", str(example_png), "-o", str(tmp_path / "o"), "--models-dir", str(tmp_path / "none"),
-                  "--device", "cpu"])
-    msg = str(e.value)
-    assert "mvboost download lgm" in msg and "mvboost download era3d" in msg
-    assert not (tmp_path / "o").exists()
+    assert cli.main(["generate", str(example_png), "-o", str(tmp_path / "o"), "--models-dir", str(tmp_path / "none"),
+                     "--device", "cpu"]) == 2
+    msg = capsys.readouterr().err
+    assert "download lgm" in msg and "download era3d" in msg and msg.count("\n") == 1
+    assert not (tmp_path / "o").exists() and not (tmp_path / "none").exists()
 
 
-def test_generate_refuses_images_without_alpha(tmp_path):
+def test_generate_refuses_images_without_alpha(tmp_path, capsys):
     p = tmp_path / "rgb.jpg"
     Image.new("RGB", (32, 32), (200, 10, 10)).save(p)
-    with pytest.raises(SystemExit, match="no alpha channel"):
-        cli.main(["generate", str(p), "-o", str(tmp_path / "o"), "--device", "cpu"])
+    assert cli.main(["generate", str(p), "-o", str(tmp_path / "o"), "--device", "cpu"]) == 2
+    assert "no alpha channel" in capsys.readouterr().err
 
 
 def test_download_offline_is_a_clear_error(tmp_path, monkeypatch, capsys):
@@ -117,7 +116,7 @@ def test_optional_boost_commands_never_break_the_cli(monkeypatch):
 def test_device_resolution():
     assert cli.resolve_device("cpu").type == "cpu"
     assert cli.resolve_device("auto").type in ("cpu", "cuda", "mps")
-    with pytest.raises(SystemExit):
+    with pytest.raises(cli.UserError, match="unknown device"):
         cli.resolve_device("tpu")
 
 
@@ -178,7 +177,10 @@ def test_image_to_3d_workflow_runs_and_ui_twins_match(comfy_env):
         assert {n["type"] for n in ui["nodes"]} <= set(comfy_env.nodes) | {"LoadImage", "PreviewImage", "SaveImage"}
         assert (REPO / "workflows" / f"{name}.jpg").is_file()
         models = [m for n in ui["nodes"] for m in n["properties"].get("models", [])] + ui.get("models", [])
-        assert {m["directory"] for m in models} == {"lgm", "era3d"}
+        assert {m["directory"] for m in models} == {"lgm", "era3d", "lpips"}
+        (lp,) = [m for m in ui["models"] if m["directory"] == "lpips"]  # the pose step's VGG16, a .safetensors
+        assert lp == {"name": "vgg16.tv_in1k.safetensors", "directory": "lpips",
+                      "url": "https://huggingface.co/timm/vgg16.tv_in1k/resolve/main/model.safetensors"}
         assert all(m["url"].startswith("https://huggingface.co/") and m["name"] for m in models)
 
 
@@ -201,3 +203,48 @@ def test_pose_node_interrupts_and_refuses_missing_input(comfy_env):
     comfy_env.interrupt()
     with pytest.raises(comfy_env.InterruptProcessingException):
         comfy_env.run_node("MVBoostOptimizeInputPose", gaussians=g, image=img, lpips_pretrained=False, **w)
+
+
+@pytest.mark.slow
+def test_generate_with_pose_uses_the_lpips_file_of_its_models_dir(tiny_models, example_png, tmp_path, capsys,
+                                                                   monkeypatch):
+    """--models-dir's lpips/vgg16.tv_in1k.safetensors reaches the pose step (real-format file, random values)."""
+    from lpips_helpers import write_vgg16_safetensors
+
+    from mvboost_core import metrics
+
+    root, era3d_dir, lgm = tiny_models
+    models = tmp_path / "models"
+    f = models / "lpips" / "vgg16.tv_in1k.safetensors"
+    write_vgg16_safetensors(f)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    seen = []
+    real = metrics.LPIPSLoss._backbone_path
+    monkeypatch.setattr(metrics.LPIPSLoss, "_backbone_path",
+                        staticmethod(lambda *a: seen.append(real(*a)) or seen[-1]))
+    rc = cli.main(["generate", str(example_png), "-o", str(tmp_path / "out"), "--device", "cpu", "--lgm", str(lgm),
+                   "--era3d", str(era3d_dir), "--steps", "1", "--frames", "2", "--turntable-size", "24",
+                   "--models-dir", str(models)])
+    assert rc == 0
+    out = capsys.readouterr()
+    assert seen and set(seen) == {f}
+    assert "LPIPS" in out.out and "fallback" not in out.err
+
+
+@pytest.mark.slow
+def test_generate_without_lpips_weights_says_the_pose_step_falls_back(tiny_models, example_png, tmp_path, capsys,
+                                                                      monkeypatch):
+    from mvboost_core.pose import PoseOptions
+
+    if "lpips_fallback" not in PoseOptions.__dataclass_fields__:
+        pytest.skip("the pose step's fallback loss comes with branch pose-speed")
+    root, era3d_dir, lgm = tiny_models
+    monkeypatch.setattr(sys, "stdin", open("/dev/null"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    rc = cli.main(["generate", str(example_png), "-o", str(tmp_path / "out"), "--device", "cpu", "--lgm", str(lgm),
+                   "--era3d", str(era3d_dir), "--steps", "1", "--frames", "2", "--turntable-size", "24",
+                   "--models-dir", str(tmp_path / "models")])
+    assert rc == 0
+    err = capsys.readouterr().err
+    notes = [x for x in err.splitlines() if "LPIPS VGG16" in x]
+    assert len(notes) == 1 and "fallback loss" in notes[0] and "download lpips --models-dir" in notes[0]

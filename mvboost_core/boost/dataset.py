@@ -74,6 +74,8 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 import torch
 from torch import Tensor
 
+from ..atomic import atomic_write, fsync_dir as _fsync_dir
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -393,19 +395,6 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -545,10 +534,7 @@ def write_manifest(root: str | os.PathLike, generator: str | None = None, settin
     man = {"format": DATASET_FORMAT, "version": FORMAT_VERSION, "count": len(entries), "samples": entries,
            "generator": generator, "settings": settings or {},
            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    tmp = root / f".{MANIFEST}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(man, indent=1, sort_keys=True, default=str))
-    _fsync_file(tmp)
-    os.replace(tmp, root / MANIFEST)
+    atomic_write(root / MANIFEST, json.dumps(man, indent=1, sort_keys=True, default=str).encode())
     return man
 
 

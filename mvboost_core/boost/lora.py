@@ -49,7 +49,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -323,15 +322,10 @@ def _lora_hparams(model: nn.Module, adapter_name: str = "default") -> tuple[int,
 def _atomic_save_safetensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from ..atomic import atomic_write
+
+    atomic_write(path, writer=lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
+                                                    metadata=metadata))
 
 
 def save_adapter(model: nn.Module, path: str | os.PathLike, *, base_checksum: str | None = None,
@@ -437,6 +431,38 @@ def check_adapter_compatible(model: nn.Module, sd: dict[str, Tensor], info: Adap
                 raise LoRACompatibilityError(msg)
             log.warning(msg)
             warnings.warn(msg, stacklevel=3)
+
+
+def check_adapter_file(path: str | os.PathLike, lgm_checkpoint: str | os.PathLike) -> AdapterInfo:
+    """Check an adapter file against an LGM checkpoint *file* without building either network: the adapter's
+    metadata and tensors (:func:`load_adapter`) and the checkpoint's safetensors header (keys and shapes) only.
+    Lets a command refuse an incompatible ``--lora`` before hours of Era3D sampling. Raises
+    :class:`LoRAError` / :class:`LoRACompatibilityError` (or ``FileNotFoundError``); returns the adapter's info.
+    The base-weights checksum is not compared here (that needs the loaded weights; :func:`apply_lora` warns)."""
+    from types import SimpleNamespace
+
+    from ..lgm.checkpoint import _read_any, detect_config
+
+    sd, info = load_adapter(path)
+    shapes, kind = _read_any(Path(lgm_checkpoint))
+    if kind != "safetensors":
+        return info  # pickled checkpoints are only checked after loading
+    cfg = detect_config(shapes)
+    name, arch = model_config_info(SimpleNamespace(config=cfg))
+    src = info.path or "the adapter"
+    if info.base_architecture is not None and arch is not None and info.base_architecture != arch:
+        raise LoRACompatibilityError(
+            f"LoRA {src} was trained on LGM config {info.base_config!r} but {lgm_checkpoint} is {name!r}. Use the "
+            "base checkpoint the adapter was trained on, or an adapter trained for this one.")
+    for t in info.target_modules:
+        w = shapes.get(f"{t}.weight")
+        a, b = sd[f"{t}.lora_A.weight"], sd[f"{t}.lora_B.weight"]
+        if w is None or tuple(w) != (b.shape[0], a.shape[1]):
+            raise LoRACompatibilityError(
+                f"LoRA {src} adapts layer {t} ({a.shape[1]}->{b.shape[0]}) which {lgm_checkpoint} "
+                f"{'does not have' if w is None else f'has as {w[1]}->{w[0]}'}: it was trained on another base "
+                f"config ({info.base_config!r}, checkpoint {name!r}).")
+    return info
 
 
 # --------------------------------------------------------------------------------------------- apply / remove

@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -201,18 +200,10 @@ def _text_encoder_fingerprint(root: Path) -> str:
 def _atomic_save_safetensors(tensors: dict, path: Path, metadata: dict) -> None:
     from safetensors.torch import save_file
 
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from ..atomic import atomic_write
+
+    atomic_write(path, writer=lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
+                                                    metadata=metadata))
 
 
 def write_prompt_cache(folder, normal: Tensor, color: Tensor, fingerprint: str = "") -> Path:

@@ -18,7 +18,6 @@ import logging
 import os
 import re
 import struct
-import tempfile
 from pathlib import Path
 
 import torch
@@ -309,17 +308,9 @@ def save_lgm_checkpoint(model_or_state, path, dtype: torch.dtype | None = torch.
     state = model_or_state.state_dict() if isinstance(model_or_state, torch.nn.Module) else dict(model_or_state)
     state = {k: (v.detach().to("cpu", dtype) if dtype is not None else v.detach().cpu()).contiguous()
              for k, v in state.items() if not k.startswith(_IGNORED_PREFIXES)}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from ..atomic import atomic_write
+
+    return atomic_write(Path(path), writer=lambda tmp: save_file(state, str(tmp)))
 
 
 def init_lgm_weights_(model: LGM, round_to: torch.dtype | None = None) -> LGM:

@@ -139,8 +139,17 @@ def reconstruct(
             g = lgm.forward_gaussians(x)
     if not torch.isfinite(g).all():
         bad = (~torch.isfinite(g)).sum().item()
+        broken = [n for n, p in lgm.named_parameters() if p.is_floating_point() and not torch.isfinite(p).all()]
+        if broken:
+            raise FloatingPointError(
+                f"LGM produced {bad} non-finite values because the checkpoint contains NaN/Inf weights ({len(broken)} "
+                f"tensors, e.g. {broken[0]}): re-download it with `mvboost download lgm` (after deleting the file; in "
+                "ComfyUI put a fresh model_fp16_fixrot.safetensors in models/lgm/)."
+            )
+        if not torch.isfinite(x).all():
+            raise FloatingPointError(f"LGM produced {bad} non-finite values: the input images contain NaN/Inf.")
         raise FloatingPointError(
             f"LGM produced {bad} non-finite values (NaN/inf) in {str(lgm.dtype).replace('torch.', '')}. "
-            "Try dtype fp32 or bf16, and check the input images for NaN."
+            "Try dtype fp32 or bf16."
         )
     return [Gaussians.from_lgm(gi) for gi in g]

@@ -14,8 +14,6 @@ Writers turn world -> file frame, readers file frame -> world, so ``load(save(g)
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -49,37 +47,7 @@ def world_to_file(g: Gaussians, axes: str) -> Gaussians:
 file_to_world = world_to_file  # the 180° turn about x is its own inverse
 
 
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: "str | os.PathLike", data: "bytes | None" = None, *, writer=None) -> Path:
-    """Write ``data`` (or call ``writer(tmp_path)``) to a temporary file in the target folder, then ``os.replace``.
-
-    Never leaves half a file; the result gets ordinary ``0644 & ~umask`` permissions.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if data is not None:
-                f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if writer is not None:
-            writer(tmp)
-        os.chmod(tmp, 0o644 & ~current_umask())  # mkstemp creates 0600; saved models are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+from ..atomic import atomic_write, current_umask  # noqa: E402,F401  (re-exported: the one atomic writer)
 
 
 def numpy_params(g: Gaussians, what: str, axes: str = "y_up"):
