@@ -36,8 +36,8 @@ sys.path.insert(0, str(REPO))
 DEFAULT_FIXTURES = Path(os.environ.get("MVBOOST_FIXTURES", REPO.parent / "shared" / "fixtures"))
 
 #: What ``mvboost generate --device cpu`` runs with its defaults (cli.py: 40 steps, guidance 3, 36 frames at 384²,
-#: the default PoseOptions: search 1 + 5 x 5 + 2 candidates, 30 Adam + 4 LM steps, 24 adjustment steps).
-TARGET = {"era3d_step": 40, "search": 28, "pose": 34, "adjust": 24, "turntable": 36}
+#: the default PoseOptions: search 1 + 5 x 5 + 2 candidates, 20 Adam + 4 LM steps, 12 adjustment steps).
+TARGET = {"era3d_step": 40, "search": 28, "pose": 24, "adjust": 12, "turntable": 36}
 
 #: Stages in run order with their human labels.
 STAGES = [("load", "load Era3D + LGM"), ("era3d_encode", "Era3D condition (CLIP + VAE encode)"),
@@ -47,7 +47,7 @@ STAGES = [("load", "load Era3D + LGM"), ("era3d_encode", "Era3D condition (CLIP 
           ("save", "save .ply/.splat/frames/GIF")]
 
 
-def cpu_pose_options(pose_iters: int = 30, lm_iters: int = 4, adjust_iters: int = 24, **kw):
+def cpu_pose_options(pose_iters: int = 20, lm_iters: int = 4, adjust_iters: int = 12, **kw):
     """The CLI's pose options (the PoseOptions defaults) with the iteration counts given."""
     from mvboost_core.pose import PoseOptions
 

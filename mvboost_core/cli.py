@@ -345,6 +345,12 @@ def cmd_generate(args) -> int:
     image = check_image(args.image)
     out_dir = prepare_output_dir(args.output)
     lora = existing_file(args.lora, "LoRA", (".safetensors",)) if args.lora else None
+    from .estimate import estimate_generate
+
+    est = estimate_generate(device, steps=args.steps, guidance=args.guidance, optimize_pose=not args.no_pose,
+                            frames=args.frames, turntable_size=args.turntable_size)
+    if est.message:  # a CPU run expected to take more than a few minutes: say so before downloads and loading
+        print(est.message, flush=True)
     lgm_path, era3d_dir, lpips_path = _ensure_weights(args)
     check_lgm_file(lgm_path)
     if lora is not None:
@@ -361,7 +367,7 @@ def cmd_generate(args) -> int:
     from .era3d import load_era3d
     from .lgm import load_lgm
     from .metrics import lpips_weights
-    from .pipeline import image_to_gaussians, render_turntable, write_outputs
+    from .pipeline import STAGE_LABELS, image_to_gaussians, render_turntable, write_outputs
     from .pose import PoseOptions
 
     t0 = time.perf_counter()
@@ -370,7 +376,7 @@ def cmd_generate(args) -> int:
     def progress(stage: str, done: int, total: int) -> None:
         bar = bars.get(stage)
         if bar is None:
-            bar = bars[stage] = tqdm(total=total, desc=stage, unit="step", leave=False)
+            bar = bars[stage] = tqdm(total=total, desc=STAGE_LABELS.get(stage, stage), unit="step", leave=False)
         bar.total = total
         bar.n = done
         bar.refresh()
@@ -386,19 +392,17 @@ def cmd_generate(args) -> int:
 
         apply_lora(lgm, lora, strength=args.lora_strength)
         print(f"Applied LoRA {lora} (strength {args.lora_strength})")
-    opts = PoseOptions(lpips_pretrained=True)
-    if device.type == "cpu":  # the CPU rasterizer is slow: fewer, cheaper iterations
-        opts = PoseOptions(**{**opts.__dict__, "pose_iters": 40, "adjust_iters": 30, "resolution": 192,
-                              "search_radius_scales": (1.0,)})
+    opts = PoseOptions(lpips_pretrained=True)  # the core defaults on every device (the node's too)
     with torch.inference_mode(False), lpips_weights(lpips_path):
         res = image_to_gaussians(image, era3d, lgm, optimize_pose=not args.no_pose, seed=args.seed,
                                  steps=args.steps, guidance=args.guidance, pose_options=opts, progress=progress)
     del era3d
     tt = render_turntable(res.gaussians, frames=args.frames, size=args.turntable_size, progress=progress)
+    name = Path(args.image).stem
+    paths = write_outputs(res.gaussians, out_dir, name, tt, animation=args.animation, mesh=args.mesh or (),
+                          progress=progress)
     for b in bars.values():
         b.close()
-    name = Path(args.image).stem
-    paths = write_outputs(res.gaussians, out_dir, name, tt, animation=args.animation, mesh=args.mesh or ())
     _CREATED.clear()  # the output folder is in use now
     rep = res.report
     if rep:
@@ -507,6 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep", default=None, help="keep checkpoints and outputs in this folder")
     s.set_defaults(func=cmd_selftest)
 
+    from .estimate import register as register_estimate
+
+    register_estimate(sub)  # mvboost estimate: the time `generate` is expected to take here
     _register_optional(sub)
     return p
 
@@ -529,12 +536,14 @@ def main(argv=None) -> int:
             raise
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         _cleanup_created()
         if debug:
             raise
-        print("interrupted", file=sys.stderr)
-        return 130
+        from .progress import report_interrupt
+
+        # outputs are written atomically (temp file + rename): nothing half-written is left
+        return report_interrupt(e, "no partial files were left; re-run the same command", exit_now=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -76,9 +76,9 @@ _AVX2 = HostProfile(
     source="measured: AMD EPYC (AVX2 only), 2 threads, torch 2.14.1, 2026-12-02, benchmarks/e2e_bench.py",
     load=6.6, era3d_encode=15.3, era3d_step_cfg=295.3, era3d_decode=376.1, lgm=19.4,
     # pose: benchmarks/pose_bench.py, default (fast) schedule, 65,536 Gaussians, 256² target, same host and day
-    # (docs/benchmarks.md "Optimize Input Pose on CPU"): search 6.6 s / 28 candidates, refine 29.8 s / 34
-    # iterations, adjust 44.1 s / 24 iterations (upper bounds: the early stops did not trigger in that run)
-    pose_search=6.6 / 28, pose_iter=29.8 / 34, adjust_iter=44.1 / 24, turntable_frame=0.39, save=2.4,
+    # (docs/benchmarks.md "Optimize Input Pose on CPU", 19:03 UTC): search 5.1 s / 28 candidates, refine 18.0 s /
+    # 24 iterations, adjust 18.5 s / 12 iterations (upper bounds: the early stops did not trigger in that run)
+    pose_search=5.1 / 28, pose_iter=18.0 / 24, adjust_iter=18.5 / 12, turntable_frame=0.39, save=2.4,
 )
 
 # The AVX-512 host of docs/benchmarks.md ("Precision and CPU tactics on an AVX-512 / avx512_bf16 host", 2026-12-02):

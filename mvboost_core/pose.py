@@ -54,10 +54,10 @@ class PoseOptions:
 
     * search at 64² (``search_resolution``) in batches of 26 candidates, separably (``search_separable``: elevation
       × azimuth first, then radius × fovy at the best);
-    * pose refinement: at most 30 Adam steps, the first 60 % at half resolution (``pyramid``), stopped early when the
+    * pose refinement: at most 20 Adam steps, the first 60 % at half resolution (``pyramid``), stopped early when the
       loss has stayed within ``pose_rel_tol`` (relative) for ``pose_patience`` steps, then ``lm_iters``
       Levenberg-Marquardt steps at full resolution, which do the final accuracy;
-    * adjustment: at most 24 Adam steps with LPIPS on 128² copies (``adjust_lpips_resolution``), stopped after
+    * adjustment: at most 12 Adam steps with LPIPS on 128² copies (``adjust_lpips_resolution``), stopped after
       ``adjust_patience`` steps without a ``stop_rel_tol`` gain; the regularisation views are visited
       ``reg_views_per_iter`` at a time in turn (an unbiased estimate of the same mean, 5× cheaper); the lowest-loss
       adjustment seen is returned, so the input view never gets worse than after the pose stage.
@@ -94,7 +94,7 @@ class PoseOptions:
     search_separable: bool = True  # elevation × azimuth first, then radius × fovy at the best (False: full grid)
     min_iou: float = 0.05
     # 2. pose refinement
-    pose_iters: int = 30  # at most this many Adam steps (gradients through the rasterizer)
+    pose_iters: int = 20  # at most this many Adam steps (gradients through the rasterizer)
     pose_lr: float = 1.5e-2
     lm_iters: int = 4  # Levenberg-Marquardt polish iterations after Adam (0 = off)
     lm_max_step_deg: float = 0.5  # LM trust region per iteration
@@ -105,7 +105,7 @@ class PoseOptions:
     pose_patience: int = 5  # stop Adam once the loss stayed within pose_rel_tol for this many steps (0 = never)
     pose_rel_tol: float = 1e-2
     # 3. learnable adjustments
-    adjust_iters: int = 24  # at most
+    adjust_iters: int = 12  # at most
     color_lr: float = 1e-2
     opacity_lr: float = 5e-2
     lpips_weight: float = 1.0

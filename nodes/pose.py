@@ -41,9 +41,9 @@ class MVBoostOptimizeInputPose(io.ComfyNode):
                 io.Boolean.Input("pose_search", default=True),
                 io.Boolean.Input("pose_refine", default=True),
                 io.Boolean.Input("adjust_gaussians", default=True),
-                io.Int.Input("pose_iterations", default=30, min=0, max=5000, step=1),
+                io.Int.Input("pose_iterations", default=20, min=0, max=5000, step=1),
                 io.Int.Input("lm_iterations", default=4, min=0, max=100, step=1),
-                io.Int.Input("adjust_iterations", default=24, min=0, max=5000, step=1),
+                io.Int.Input("adjust_iterations", default=12, min=0, max=5000, step=1),
                 io.Float.Input("pose_lr", default=0.015, min=1e-5, max=1.0, step=1e-4),
                 io.Float.Input("color_lr", default=0.01, min=1e-5, max=1.0, step=1e-4),
                 io.Float.Input("opacity_lr", default=0.05, min=1e-5, max=1.0, step=1e-4),
@@ -72,8 +72,8 @@ class MVBoostOptimizeInputPose(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, gaussians, pose_search=True, pose_refine=True, adjust_gaussians=True, pose_iterations=30,
-                lm_iterations=4, adjust_iterations=24, pose_lr=0.015, color_lr=0.01, opacity_lr=0.05,
+    def execute(cls, gaussians, pose_search=True, pose_refine=True, adjust_gaussians=True, pose_iterations=20,
+                lm_iterations=4, adjust_iterations=12, pose_lr=0.015, color_lr=0.01, opacity_lr=0.05,
                 resolution=256, search_range=10.0, search_steps=5, multiview=None, image=None, mask=None,
                 mask_convention=C.MASK_LOADIMAGE, lpips_pretrained=True) -> io.NodeOutput:
         import torch

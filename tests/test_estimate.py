@@ -51,7 +51,7 @@ def test_message_format_and_silence():
     a = _est()
     assert a.total > 3600  # 40 CFG steps on a 2-thread AVX2 CPU take hours
     pat = (r"Estimated time on this CPU \(AVX2, 2 threads\): ~\d+ h \d\d min \(Era3D 40 steps ~\d+ h \d\d min, "
-           r"LGM ~\d+ s, pose ~\d+ min, turntable ~\d+ (s|min)\)\. A CUDA GPU takes about a minute\.")
+           r"LGM ~\d+ s, pose ~\d+ (s|min), turntable ~\d+ (s|min)\)\. A CUDA GPU takes about a minute\.")
     assert re.fullmatch(pat, a.message), a.message
     assert "1 thread)" in _est(threads=1).message
     assert "pose" not in _est(optimize_pose=False).message

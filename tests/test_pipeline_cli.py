@@ -236,8 +236,6 @@ def test_generate_without_lpips_weights_says_the_pose_step_falls_back(tiny_model
                                                                       monkeypatch):
     from mvboost_core.pose import PoseOptions
 
-    if "lpips_fallback" not in PoseOptions.__dataclass_fields__:
-        pytest.skip("the pose step's fallback loss comes with branch pose-speed")
     root, era3d_dir, lgm = tiny_models
     monkeypatch.setattr(sys, "stdin", open("/dev/null"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
