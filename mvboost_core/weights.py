@@ -257,20 +257,27 @@ def _download_file(repo: str, repo_file: str, path: Path, endpoint: str | None) 
     _prepare(what, repo, path.parent, endpoint)
     created = _created_dirs(path.parent)
     stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.download-", dir=path.parent))
-    try:
-        with _quiet_hub():
-            got = Path(hf_hub_download(repo_id=repo, filename=repo_file, local_dir=str(stage), endpoint=endpoint))
+    with _staging(stage, created, what, repo, path.parent), _quiet_hub():
+        got = Path(hf_hub_download(repo_id=repo, filename=repo_file, local_dir=str(stage), endpoint=endpoint))
         os.chmod(got, file_mode())
         os.replace(got, path)
         fsync_dir(path.parent)
+    shutil.rmtree(stage, ignore_errors=True)
+    return path
+
+
+@contextlib.contextmanager
+def _staging(stage: Path, created: list, what: str, repo: str, dest: Path):
+    """Body of a download into the hidden ``stage`` folder: on any failure (Ctrl-C included) remove ``stage`` and the
+    folders this download ``created``; an Exception becomes one :class:`WeightsUnavailableError`."""
+    try:
+        yield
     except BaseException as e:
         shutil.rmtree(stage, ignore_errors=True)
         _remove_empty(created)
         if isinstance(e, Exception):
-            raise _unavailable(what, repo, path.parent, f"{type(e).__name__}: {e}") from None
+            raise _unavailable(what, repo, dest, f"{type(e).__name__}: {e}") from None
         raise
-    shutil.rmtree(stage, ignore_errors=True)
-    return path
 
 
 def download_lgm(variant: str = LGM_DEFAULT_VARIANT, models_dir=None, endpoint: str | None = None) -> Path:
@@ -327,7 +334,7 @@ def download_era3d(models_dir=None, endpoint: str | None = None) -> Path:
 
     created = _created_dirs(dest.parent)
     stage = Path(tempfile.mkdtemp(prefix=f".{ERA3D_FOLDER}.download-", dir=dest.parent))
-    try:
+    with _staging(stage, created, what, ERA3D_REPO, dest):
         with _quiet_hub():
             snapshot_download(repo_id=ERA3D_REPO, local_dir=str(stage), endpoint=endpoint)
         shutil.rmtree(stage / ".cache", ignore_errors=True)  # huggingface_hub's local-dir bookkeeping
@@ -336,12 +343,6 @@ def download_era3d(models_dir=None, endpoint: str | None = None) -> Path:
         os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes it 0700
         os.replace(stage, dest)
         fsync_dir(dest.parent)
-    except BaseException as e:
-        shutil.rmtree(stage, ignore_errors=True)
-        _remove_empty(created)
-        if isinstance(e, Exception):
-            raise _unavailable(what, ERA3D_REPO, dest, f"{type(e).__name__}: {e}") from None
-        raise
     return dest
 
 
