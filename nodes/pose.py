@@ -115,17 +115,11 @@ class MVBoostOptimizeInputPose(io.ComfyNode):
                 raise ValueError(f"mask is {list(m.shape)} but the image is {list(img.shape[:2])}; give the mask of "
                                  "this image (e.g. LoadImage's MASK of the same file)")
             cam0 = nominal_input_camera(elevation, img.shape[1], img.shape[0], device=device)
-            try:
-                g_out, cam, report = optimize_input_view(g, img, m, cam0, opts, progress=progress.update,
-                                                         check_interrupt=C.check_interrupt)
-            except FileNotFoundError as e:
-                if "LPIPS" not in str(e):
-                    raise
-                raise FileNotFoundError(
-                    f"Optimize Input Pose scores poses with LPIPS-VGG and could not find its backbone weights. {e} "
-                    "In ComfyUI: place that file there and run again, or switch 'lpips_pretrained' off "
-                    "(random VGG features: only for testing)."
-                ) from e
+            # a missing VGG16 trunk is not an error: the core falls back to L1+SSIM and says so in the warnings
+            g_out, cam, report = optimize_input_view(g, img, m, cam0, opts, progress=progress.update,
+                                                     check_interrupt=C.check_interrupt)
+        for w in report.get("warnings", []):
+            progress.show(f"warning: {w}")  # on the node and in the server log
         C.soft_empty_cache()
         r = report["renders"]
         return io.NodeOutput(g_out.to(device=C.intermediate_device()), cam.to(device=C.intermediate_device()),

@@ -209,3 +209,37 @@ def test_interrupt_stops_era3d_sampling_between_steps(server):
     assert "execution_interrupted" in message_kinds(entry), message_kinds(entry)
     assert stopped < 15, f"took {stopped:.1f} s to stop"  # one tiny step is ~1-2 s on 2 shared cores
     print(f"interrupt honoured after {stopped:.2f} s")
+
+
+def test_main_example_uses_models_lpips_and_runs_to_the_end_without_it(server):
+    """Issue 11: with the VGG16 trunk in models/lpips the pose node scores with LPIPS-VGG (no fallback line); with only
+    Era3D and LGM placed (the trunk removed) mvboost_image_to_3d still runs to the end, with the fallback loss named
+    in the server log and on the node, instead of failing after Era3D and LGM."""
+    from comfy_server import LPIPS_FILE
+
+    trunk = server.base / "models" / "lpips" / LPIPS_FILE
+    assert trunk.is_file()
+
+    def run(tag: str) -> str:
+        wf = load_api("mvboost_image_to_3d")
+        for node in wf.values():
+            if node["class_type"] == "MVBoostOptimizeInputPose":
+                node["inputs"]["lpips_pretrained"] = True  # the shipped default
+                node["inputs"]["adjust_iterations"] = 3 if tag == "lpips_missing" else 2  # no cached result reused
+            if "filename_prefix" in node["inputs"]:
+                node["inputs"]["filename_prefix"] += f"_{tag}"
+        before = len(server.log())
+        entry = server.run(wf, timeout=600)
+        assert entry["status"]["status_str"] == "success", execution_error(entry)
+        return server.log()[before:]
+
+    with_trunk = run("lpips_present")
+    assert "Optimize Input Pose" in with_trunk and "SSIM" not in with_trunk
+    moved = trunk.with_name(trunk.name + ".away")
+    trunk.rename(moved)
+    try:
+        without = run("lpips_missing")
+    finally:
+        moved.rename(trunk)
+    assert "0.8·L1 + 0.2·(1 − SSIM)" in without, without[-2000:]
+    assert "Traceback" not in without
