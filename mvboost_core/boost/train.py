@@ -463,6 +463,7 @@ def _save_checkpoint(acc, ckpt_dir: Path, step: int, losses: list, cfg: TrainCon
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if acc.is_main_process:
         olds = sorted(p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step_"))
         for p in olds[: max(0, len(olds) - max(1, cfg.keep_checkpoints))]:
             shutil.rmtree(p, ignore_errors=True)
