@@ -302,7 +302,12 @@ def train_lora(cfg: TrainConfig) -> TrainResult:
                 break
             acc_loss, parts_acc = 0.0, {}
             for micro in range(cfg.grad_accum):
-                batch = {k: v.to(acc.device, non_blocking=True) for k, v in next(batches).items()}
+                # a Ctrl-C inside safetensors' native reader surfaces as a ValueError from Rust, not as
+                # KeyboardInterrupt: hold it while a batch loads (milliseconds) and raise it right after
+                guard.hold()
+                item = next(batches)
+                guard.release()
+                batch = {k: v.to(acc.device, non_blocking=True) for k, v in item.items()}
                 with acc.accumulate(model):
                     lgm_cams = [_cams(batch["lgm_c2w"][b], batch["lgm_intrinsics"][b], meta["lgm_width"],
                                       meta["lgm_height"], meta["lgm_projection"]) for b in range(len(batch["index"]))]
