@@ -102,6 +102,19 @@ CPU_PROFILES: dict[str, HostProfile] = {
     "avx2": _AVX2,
     "avx512": _scaled(_AVX2, "avx512", "AVX-512", _AVX512_SOURCE),
     "avx512_bf16": _scaled(_AVX2, "avx512_bf16", "AVX-512 + avx512_bf16", _AVX512_SOURCE),
+    # Era3D computing in bf16 (precision auto where bf16_compute_faster()): AMD EPYC with avx512_bf16, 2 threads,
+    # 2026-12-03, `era3d_bench.py --cases unet_fp32_b12,unet_bf16_b12 --force-bf16`: UNet batch 12 47.0 s vs 70.3 s
+    # fp32 (0.67x), applied to the CFG steps; the VAE runs in fp32 with bf16 (decode as the fp32 profile), the CLIP
+    # encoder's share of the encode is small (kept)
+    "avx512_bf16+bf16": replace(
+        _scaled(_AVX2, "avx512_bf16+bf16", "AVX-512 + avx512_bf16, Era3D in bf16", _AVX512_SOURCE),
+        era3d_step_cfg=_AVX2.era3d_step_cfg * _ERA3D_AVX512 * (47.0 / 70.3),
+        # pose: pose_bench.py default schedule on the same AMD EPYC, 2 threads, 2026-12-03 07:35 UTC: search 3.2 s /
+        # 28 candidates, refine 7.6 s / 24 iterations, adjust 9.0 s / 12 iterations
+        pose_search=3.2 / 28, pose_iter=7.6 / 24, adjust_iter=9.0 / 12,
+        source="derived: the avx512_bf16 profile with Era3D's CFG steps x0.67 for bf16 compute (AMD EPYC with "
+               "avx512_bf16, 2 threads, era3d_bench UNet batch 12: 47.0 s bf16 vs 70.3 s fp32, 2026-12-03); pose "
+               "measured there (pose_bench.py)"),
     "other": replace(_AVX2, name="other", label="unknown ISA",
                      source="assumed like the AVX2 profile (no measurement for this CPU class)"),
 }
@@ -150,9 +163,11 @@ def host_profile(device=None, cpu_class: Optional[str] = None) -> HostProfile:
     if dev.type != "cpu":
         return GPU_PROFILE
     if cpu_class is None:
-        from .precision import cpu_info
+        from .precision import choose, cpu_info
 
         cpu_class = cpu_info().cpu_class
+        if cpu_class == "avx512_bf16" and choose("era3d", dev, "auto").compute == torch.bfloat16:
+            cpu_class = "avx512_bf16+bf16"  # what `auto` will run Era3D in on this machine
     return CPU_PROFILES.get(cpu_class, CPU_PROFILES["other"])
 
 

@@ -16,15 +16,19 @@ device class               storage                               compute   measu
                            exact values, half the memory);                 storage + fp32 compute = the fp32 result bit
                            float32 for fp32 checkpoints                    for bit, LGM big 13.4 s / 1.66 GiB vs fp32
                                                                            12.8-14.4 s / 2.39 GiB (docs/benchmarks.md)
-``cpu-avx512_bf16``        as above                              float32   Intel Xeon VM with avx512_bf16 (no AMX
-(avx512_bf16 or AMX)                                                       exposed), 2 threads: Era3D UNet batch 12
-                                                                           bf16 compute 188.5 CPU-s vs fp32 149.2
-                                                                           (1.26x slower; op probe: bf16 3x3 conv 2.3x,
-                                                                           Linear 2.0x slower than fp32); LGM big see
-                                                                           docs/benchmarks.md, "Precision and CPU
-                                                                           tactics". bf16 compute is not measured
-                                                                           faster here, so ``auto`` keeps float32
-``cpu-avx512``,            as above                              float32   not measured; same rule (no native bf16)
+``cpu-avx512_bf16``        LGM: as above; Era3D where            float32   Intel Xeon VM with avx512_bf16 (no AMX
+(avx512_bf16 or AMX)       :func:`bf16_compute_faster`:          (Era3D    exposed), 2 threads: Era3D UNet batch 12
+                           bfloat16                              bf16 if   bf16 compute 188.5 CPU-s vs fp32 149.2
+                                                                 faster)   (1.26x slower; bf16 3x3 conv 2.3x, Linear
+                                                                           2.0x slower). AMD EPYC with avx512_bf16,
+                                                                           2 threads (2026-12-03): UNet batch 12 bf16
+                                                                           47.0 s vs fp32 70.3 s (0.67x; conv 0.43x,
+                                                                           Linear 0.34x). The hosts disagree, so a
+                                                                           0.3 s op probe decides per machine; Era3D
+                                                                           micro pipeline bf16 compute 36.4 dB vs
+                                                                           fp32 (bound 35). LGM keeps float32 (bf16
+                                                                           quality not shown: 38.3 dB renders)
+``cpu-avx512``,            as ``cpu-avx2``                       float32   not measured; same rule (no native bf16)
 ``cpu-other``
 ``cuda``                   float16                               float16   upstream LGM and Era3D were released and run
                                                                            in fp16 on CUDA (Era3D: attention upcast to
@@ -70,7 +74,8 @@ from torch import nn
 __all__ = [
     "CpuInfo", "cpu_info", "probe_cpu", "device_class", "Precision", "AUTO", "parse_dtype", "choose",
     "apply_precision", "compute_dtype", "storage_dtypes", "KeepStorageCastingHook", "cpu_tactics_default",
-    "DTYPE_CHOICES", "describe", "checkpoint_dtype_of",
+    "DTYPE_CHOICES", "describe", "checkpoint_dtype_of", "bf16_compute_faster", "measure_bf16_speedup",
+    "AUTO_BF16_IF_FASTER",
 ]
 
 log = logging.getLogger("mvboost.precision")
@@ -141,6 +146,62 @@ def cpu_info() -> CpuInfo:
     return _cached_probe()
 
 
+#: the op probe's shapes: Era3D's level-0 work (3×3 convolution 320→320, Linear 320→2560 on 4,096 tokens)
+_PROBE_SHAPES = {"conv3x3_320": ((1, 320, 32, 32), (320, 320, 3, 3)), "linear_320x2560": ((4096, 320), (2560, 320))}
+#: bf16 compute counts as faster when every probe op takes at most this fraction of its float32 time
+BF16_FASTER_RATIO = 0.8
+
+
+def measure_bf16_speedup(repeats: int = 3) -> dict[str, float]:
+    """``{op: bf16 seconds / float32 seconds}`` for the probe ops at the current thread count (best of ``repeats``
+    after one warm-up each; ~0.3 s on 2 threads). Runs the real kernels on any CPU (emulated without native bf16)."""
+    import time
+
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for name, (xs, ws) in _PROBE_SHAPES.items():
+        x32, w32 = torch.randn(xs, generator=g), torch.randn(ws, generator=g) / ws[1] ** 0.5
+        best = {}
+        for dt in (torch.float32, torch.bfloat16):
+            x, w = x32.to(dt), w32.to(dt)
+            op = (lambda: F.conv2d(x, w, padding=1)) if name.startswith("conv") else (lambda: F.linear(x, w))
+            with torch.no_grad():
+                op()
+                times = []
+                for _ in range(max(1, repeats)):
+                    t0 = time.perf_counter()
+                    op()
+                    times.append(time.perf_counter() - t0)
+            best[dt] = min(times)
+        out[name] = best[torch.bfloat16] / max(best[torch.float32], 1e-9)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_bf16_faster() -> bool:
+    env = os.environ.get("MVBOOST_CPU_BF16", "").strip().lower()
+    if env in ("0", "1", "false", "true", "no", "yes"):
+        return env in ("1", "true", "yes")
+    if not cpu_info().bf16:
+        return False
+    ratios = measure_bf16_speedup()
+    fast = max(ratios.values()) <= BF16_FASTER_RATIO
+    log.info("mvboost precision: bf16/fp32 time per probe op %s -> bf16 compute %s",
+             {k: round(v, 2) for k, v in ratios.items()}, "faster" if fast else "not faster")
+    return fast
+
+
+def bf16_compute_faster() -> bool:
+    """Whether this CPU computes Era3D-sized bf16 convolutions and matrix products faster than float32: measured
+    once per process by :func:`measure_bf16_speedup` (every op ≤ :data:`BF16_FASTER_RATIO` of its fp32 time), and
+    only on CPUs with native bf16 (False elsewhere, without timing). ``MVBOOST_CPU_BF16=1|0`` overrides the
+    measurement. The two avx512_bf16 hosts measured so far disagree (docs/benchmarks.md), hence a measurement and
+    not a CPU flag. Monkeypatch this attribute to test either answer."""
+    return _cached_bf16_faster()
+
+
 def device_class(device: torch.device | str | None = None) -> str:
     """``"cuda"`` | ``"mps"`` | ``"cpu-avx512_bf16"`` | ``"cpu-avx512"`` | ``"cpu-avx2"`` | ``"cpu-other"``."""
     dev = torch.device(device) if device is not None else torch.device("cpu")
@@ -171,6 +232,9 @@ AUTO: dict[tuple[str, str], torch.dtype] = {
     **{(m, "mps"): torch.float16 for m in ("lgm", "era3d")},
     **{(m, f"cpu-{c}"): torch.float32 for m in ("lgm", "era3d") for c in ("avx2", "avx512", "avx512_bf16", "other")},
 }
+#: (model, device class) pairs whose ``auto`` compute dtype is bfloat16 where :func:`bf16_compute_faster` (storage
+#: bfloat16 too), and :data:`AUTO`'s entry elsewhere
+AUTO_BF16_IF_FASTER = {("era3d", "cpu-avx512_bf16")}
 
 
 def parse_dtype(dtype) -> "torch.dtype | Precision | None":
@@ -236,6 +300,8 @@ def choose(model: str, device=None, dtype="auto", checkpoint=None) -> Precision:
         checkpoint_dtype = checkpoint_dtype_of(checkpoint)
     if want is None:
         compute = AUTO.get((model, dc), torch.float32 if dc.startswith("cpu") else torch.float16)
+        if (model, dc) in AUTO_BF16_IF_FASTER and bf16_compute_faster():
+            compute = torch.bfloat16
         if compute == torch.float32 and checkpoint_dtype in _HALF:
             return Precision(checkpoint_dtype, torch.float32)  # exact values, half the memory
         return Precision(compute, compute)

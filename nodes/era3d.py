@@ -79,8 +79,9 @@ class MVBoostLoadEra3D(io.ComfyNode):
             description=(
                 "Loads an Era3D multi-view diffusion model (a diffusers folder in models/era3d). Pick the 'download:' "
                 "entry to fetch pengHTYX/MacLab-Era3D-512-6view from Hugging Face explicitly (about 4 GB). dtype auto "
-                "= fp16 on CUDA/MPS; on CPU fp32 compute with the fp16 weights kept as they are (mvboost_core.precision "
-                "has the table); bf16 computes in bf16 where the CPU has native bf16."),
+                "= fp16 on CUDA/MPS; on CPU fp32 compute with the fp16 weights kept as they are, or bf16 on CPUs where "
+                "bf16 was measured faster (mvboost_core.precision has the table); bf16 computes in bf16 where the CPU "
+                "has native bf16."),
             inputs=[
                 io.Combo.Input("model", options=names,
                                tooltip="a sub-folder of models/era3d containing model_index.json"),

@@ -251,12 +251,14 @@ def test_bad_forward_inputs(micro_unet, micro_io):
             micro_unet(s[..., :8], 1, e, c)
 
 
-@pytest.mark.parametrize("cpu_class, want", [("avx2", Precision(torch.float16, torch.float32)),
-                                             ("avx512", Precision(torch.float16, torch.float32)),
-                                             ("avx512_bf16", Precision(torch.float16, torch.float32))])
-def test_auto_rule_per_cpu_class(force_cpu_class, cpu_class, want):
-    """The table of mvboost_core.precision for the released (fp16) checkpoint, forced per host class."""
-    force_cpu_class(cpu_class)
+@pytest.mark.parametrize("cpu_class, fast, want", [("avx2", False, Precision(torch.float16, torch.float32)),
+                                                   ("avx512", False, Precision(torch.float16, torch.float32)),
+                                                   ("avx512_bf16", False, Precision(torch.float16, torch.float32)),
+                                                   ("avx512_bf16", True, Precision(torch.bfloat16, torch.bfloat16))])
+def test_auto_rule_per_cpu_class(force_cpu_class, cpu_class, fast, want):
+    """The table of mvboost_core.precision for the released (fp16) checkpoint, forced per host class (and, on
+    avx512_bf16 CPUs, per answer of the bf16 speed probe)."""
+    force_cpu_class(cpu_class, bf16_fast=fast)
     assert precision.choose("era3d", "cpu", "auto", torch.float16) == want
     assert precision.choose("era3d", "cpu", "auto", torch.float32).compute == want.compute
     assert precision.choose("era3d", "cuda", "auto", torch.float16) == Precision(torch.float16, torch.float16)
@@ -293,6 +295,22 @@ def test_from_folder_half_on_cpu_picks_compute_dtype(era3d_dir, force_cpu_class,
     u = Era3DUNet.from_folder(era3d_dir / "micro_pipeline" / "unet", dtype=torch.bfloat16)
     assert u.dtype == torch.bfloat16
     assert u.compute_dtype == (torch.bfloat16 if cpu_class == "avx512_bf16" else torch.float32)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_from_folder_auto_follows_the_bf16_probe(era3d_dir, micro_io, force_cpu_class, fast):
+    """dtype auto on an avx512_bf16 CPU: bf16 weights and compute where the probe found bf16 faster (the forward
+    stays within the pure-bf16 bound of the test above), float32 compute otherwise."""
+    force_cpu_class("avx512_bf16", bf16_fast=fast)
+    u = Era3DUNet.from_folder(era3d_dir / "micro_pipeline" / "unet", dtype="auto")
+    want = torch.bfloat16 if fast else torch.float32
+    assert u.compute_dtype == want and (u.dtype == torch.bfloat16) == fast
+    io = load_file(era3d_dir / "micro_pipeline_io.safetensors")
+    with torch.no_grad():
+        out, _ = u(io["unet_sample"][0], io["timesteps"][0], io["prompt_embeds_cfg"], io["class_labels_cfg"])
+    ref = io["unet_out_sample"][0]
+    rel = float((out.float() - ref).norm() / ref.norm())
+    assert out.dtype == io["unet_sample"].dtype and rel < (0.05 if fast else 1e-4), rel
 
 
 @pytest.mark.parametrize("tactics", [True, False], ids=["tactics_on", "tactics_off"])

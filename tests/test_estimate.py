@@ -45,6 +45,18 @@ def test_scaling_laws():
     x = _est(cpu_class="avx512_bf16")
     assert x.stages["era3d"] < a.stages["era3d"] and x.stages["pose"] == a.stages["pose"]
     assert _est(cpu_class="weird").profile.name == "other"
+    # Era3D computing in bf16 (avx512_bf16 CPU whose probe found bf16 faster): only the CFG steps get cheaper
+    y = _est(cpu_class="avx512_bf16+bf16")
+    assert y.stages["era3d"] < x.stages["era3d"] and y.stages["lgm"] == x.stages["lgm"]
+    assert y.stages["pose"] < x.stages["pose"]  # measured on that host (22 s vs 47 s on the AVX2 one)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_profile_follows_the_auto_precision_of_this_machine(force_cpu_class, fast):
+    force_cpu_class("avx512_bf16", bf16_fast=fast)
+    assert E.host_profile("cpu").name == ("avx512_bf16+bf16" if fast else "avx512_bf16")
+    force_cpu_class("avx2", bf16_fast=fast)
+    assert E.host_profile("cpu").name == "avx2"
 
 
 def test_message_format_and_silence():

@@ -37,15 +37,18 @@ def test_avx2_host_class_is_what_pytorch_dispatches_to_under_aten_avx2():
     assert out == ["avx2", "cpu-avx2"]
 
 
-@pytest.mark.parametrize("cls, lgm, era3d", [
-    ("avx2", Precision(F16, F32), Precision(F16, F32)),
-    ("avx512", Precision(F16, F32), Precision(F16, F32)),
-    ("other", Precision(F16, F32), Precision(F16, F32)),
-    # bf16 compute was measured slower than fp32 on the avx512_bf16 host we have (docs/benchmarks.md)
-    ("avx512_bf16", Precision(F16, F32), Precision(F16, F32)),
+@pytest.mark.parametrize("cls, fast, lgm, era3d", [
+    ("avx2", False, Precision(F16, F32), Precision(F16, F32)),
+    ("avx2", True, Precision(F16, F32), Precision(F16, F32)),  # no native bf16: the probe cannot say faster
+    ("avx512", False, Precision(F16, F32), Precision(F16, F32)),
+    ("other", False, Precision(F16, F32), Precision(F16, F32)),
+    # Intel Xeon without AMX: bf16 compute measured slower than fp32 (docs/benchmarks.md) -> float32
+    ("avx512_bf16", False, Precision(F16, F32), Precision(F16, F32)),
+    # AMD EPYC with avx512_bf16: Era3D's UNet 0.67x the fp32 time in bf16 -> Era3D computes in bf16, LGM stays fp32
+    ("avx512_bf16", True, Precision(F16, F32), Precision(BF16, BF16)),
 ])
-def test_auto_table_for_the_released_fp16_checkpoints(force_cpu_class, cls, lgm, era3d):
-    force_cpu_class(cls)
+def test_auto_table_for_the_released_fp16_checkpoints(force_cpu_class, cls, fast, lgm, era3d):
+    force_cpu_class(cls, bf16_fast=fast)
     assert precision.device_class("cpu") == f"cpu-{cls}"
     want_lgm = lgm
     assert precision.choose("lgm", "cpu", "auto", F16) == want_lgm
@@ -116,3 +119,30 @@ def test_tactics_switch_is_reversible_and_keeps_the_state_dict():
     assert type(net[0]) is nn.Conv2d and not cpu_inference_tactics_enabled(net)
     assert all(torch.equal(sd[k], v) for k, v in net.state_dict().items())
     assert precision.cpu_tactics_default("cpu") and not precision.cpu_tactics_default("cuda")
+
+
+def test_bf16_probe_is_a_real_measurement_and_skipped_without_native_bf16(force_cpu_class, monkeypatch):
+    """The op probe times real bf16 and fp32 kernels (positive ratios, one per op); the cached decision is only
+    measured on CPUs with native bf16 and follows MVBOOST_CPU_BF16 when set."""
+    ratios = precision.measure_bf16_speedup(repeats=1)
+    assert set(ratios) == {"conv3x3_320", "linear_320x2560"} and all(r > 0 for r in ratios.values())
+    info = precision.CpuInfo("avx2")
+    monkeypatch.setattr(precision, "cpu_info", lambda: info)
+    monkeypatch.setattr(precision, "measure_bf16_speedup", lambda repeats=3: pytest.fail("timed without bf16"))
+    monkeypatch.delenv("MVBOOST_CPU_BF16", raising=False)
+    precision._cached_bf16_faster.cache_clear()
+    try:
+        assert precision._cached_bf16_faster() is False
+        precision._cached_bf16_faster.cache_clear()
+        info_bf16 = precision.CpuInfo("avx512", bf16=True)
+        monkeypatch.setattr(precision, "cpu_info", lambda: info_bf16)
+        monkeypatch.setattr(precision, "measure_bf16_speedup", lambda repeats=3: {"a": 0.5, "b": 0.81})
+        assert precision._cached_bf16_faster() is False  # one op above the 0.8 bound: not faster
+        precision._cached_bf16_faster.cache_clear()
+        monkeypatch.setattr(precision, "measure_bf16_speedup", lambda repeats=3: {"a": 0.5, "b": 0.4})
+        assert precision._cached_bf16_faster() is True
+        precision._cached_bf16_faster.cache_clear()
+        monkeypatch.setenv("MVBOOST_CPU_BF16", "0")
+        assert precision._cached_bf16_faster() is False
+    finally:
+        precision._cached_bf16_faster.cache_clear()
