@@ -129,8 +129,40 @@ def test_view_order_matters_only_through_prompts(micro_unet, micro_io):
     torch.testing.assert_close(pose_p, micro_io["out_pose"], **TOL)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_attention_core_accumulates_in_float32(dtype):
+    """The attention core gets q, k, v in the half dtype (as upstream's xformers kernel did) and the fused SDPA kernel
+    keeps scores and softmax in float32: its error vs the float32 attention of the same half values stays near the
+    output's own rounding (measured 1.26x for bf16, 1.28x for fp16 at 2,048 tokens), well below attention computed
+    with half-precision scores (4.7x / 4.8x). Fails if the kernel path ever rounds the scores to the half dtype."""
+    import math
+    import types
+
+    from mvboost_core.era3d.attention import attention_core
+
+    g = torch.Generator().manual_seed(0)
+    attn = types.SimpleNamespace(heads=5)
+    n, length, d = 2, 2048, 64  # the joint attention of a 32x32 latent: 2 x 32^2 tokens, head dim 64
+    q, k, v = (torch.randn(n, length, 5 * d, generator=g).to(dtype) * s for s in (1.5, 1.0, 1.0))
+    ref = attention_core(attn, q.float(), k.float(), v.float())
+    out = attention_core(attn, q, k, v)
+    assert out.dtype == dtype
+
+    def rel(x):
+        return ((x.float() - ref).norm() / ref.norm()).item()
+
+    def heads(x):
+        return x.view(n, length, 5, d).transpose(1, 2)
+
+    half_scores = torch.softmax(heads(q) @ heads(k).transpose(-1, -2) / math.sqrt(d), -1) @ heads(v)
+    floor = rel(ref.to(dtype))
+    assert rel(out) < 1.6 * floor, (rel(out), floor)
+    assert rel(half_scores.transpose(1, 2).reshape(n, length, 5 * d)) > 3 * floor  # the check can tell the two apart
+
+
 def test_bfloat16_close_to_float32(micro_unet, micro_io):
-    """bf16 weights and activations (upcast attention core) stay close to fp32 on the micro fixture."""
+    """bf16 weights and activations (attention core as upstream's xformers kernel) stay close to fp32 on the micro
+    fixture."""
     m16 = Era3DUNet.from_config(micro_unet.config)
     m16.load_state_dict(micro_unet.state_dict())
     m16 = m16.to(torch.bfloat16).eval()

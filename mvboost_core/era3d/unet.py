@@ -20,7 +20,8 @@ config), so ``unet/diffusion_pytorch_model.safetensors`` loads by name; no upstr
 
 Precision: the weights' storage and compute dtypes come from :mod:`mvboost_core.precision` (``from_folder``'s
 ``dtype``; the forward casts its inputs to :func:`~mvboost_core.precision.compute_dtype`). float16/bfloat16 compute
-runs with ``upcast_attention`` (attention core in float32). CPU inference tactics (in-place blocks, NNPACK
+runs the attention core as the released model's xformers kernel did: q, k, v in the half dtype, scores and softmax
+accumulated in float32 inside the fused kernel (:mod:`.attention`). CPU inference tactics (in-place blocks, NNPACK
 convolutions, heap trimming) are in :mod:`.tactics`, switched by :func:`mvboost_core.tactics.enable_cpu_inference_tactics`.
 """
 from __future__ import annotations
