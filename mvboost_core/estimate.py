@@ -105,7 +105,8 @@ CPU_PROFILES: dict[str, HostProfile] = {
     # Era3D computing in bf16 (precision auto where bf16_compute_faster()): AMD EPYC with avx512_bf16, 2 threads,
     # 2026-12-03, `era3d_bench.py --cases unet_fp32_b12,unet_bf16_b12 --force-bf16`: UNet batch 12 47.0 s vs 70.3 s
     # fp32 (0.67x), applied to the CFG steps; the VAE runs in fp32 with bf16 (decode as the fp32 profile), the CLIP
-    # encoder's share of the encode is small (kept)
+    # encoder's share of the encode is small (kept). Measured before the attention core went bf16 (on the AMX host
+    # that change took the bf16 UNet from 22.6 s to 13.8 s): an upper bound for that AMD host
     "avx512_bf16+bf16": replace(
         _scaled(_AVX2, "avx512_bf16+bf16", "AVX-512 + avx512_bf16, Era3D in bf16", _AVX512_SOURCE),
         era3d_step_cfg=_AVX2.era3d_step_cfg * _ERA3D_AVX512 * (47.0 / 70.3),
@@ -115,6 +116,18 @@ CPU_PROFILES: dict[str, HostProfile] = {
         source="derived: the avx512_bf16 profile with Era3D's CFG steps x0.67 for bf16 compute (AMD EPYC with "
                "avx512_bf16, 2 threads, era3d_bench UNet batch 12: 47.0 s bf16 vs 70.3 s fp32, 2026-12-03); pose "
                "measured there (pose_bench.py)"),
+    # Era3D in bf16 on a CPU with AMX-bf16 tiles: measured end to end by `benchmarks/e2e_bench.py --threads 2` on an
+    # Intel Xeon with AVX-512, avx512_bf16 and AMX (KVM guest, 2 vCPUs), torch 2.14.1, 2026-12-03 08:19-08:23 UTC,
+    # after the attention core went bf16 (docs/benchmarks.md "Era3D on an AMX host"); dtype auto = Era3D bf16
+    # (op probe conv 0.20x, Linear 0.05x), VAE and LGM fp32; 1 CFG step and 8 frames measured
+    "amx_bf16+bf16": HostProfile(
+        name="amx_bf16+bf16", label="AVX-512 + AMX-bf16, Era3D in bf16", threads=2,
+        source="measured: Intel Xeon with AMX-bf16, 2 threads, torch 2.14.1, 2026-12-03, benchmarks/e2e_bench.py "
+               "and pose_bench.py",
+        load=4.9, era3d_encode=8.2, era3d_step_cfg=31.1, era3d_decode=113.9, lgm=7.6,
+        # pose: pose_bench.py default schedule, same host, 08:29 UTC: search 2.9 s / 28 candidates, refine 9.7 s /
+        # 24 iterations, adjust 9.3 s / 12 iterations (24.2 s in all)
+        pose_search=2.9 / 28, pose_iter=9.7 / 24, adjust_iter=9.3 / 12, turntable_frame=1.5 / 8, save=1.1),
     "other": replace(_AVX2, name="other", label="unknown ISA",
                      source="assumed like the AVX2 profile (no measurement for this CPU class)"),
 }
@@ -167,7 +180,8 @@ def host_profile(device=None, cpu_class: Optional[str] = None) -> HostProfile:
 
         cpu_class = cpu_info().cpu_class
         if cpu_class == "avx512_bf16" and choose("era3d", dev, "auto").compute == torch.bfloat16:
-            cpu_class = "avx512_bf16+bf16"  # what `auto` will run Era3D in on this machine
+            # what `auto` will run Era3D in on this machine; AMX tiles make bf16 much faster still
+            cpu_class = "amx_bf16+bf16" if cpu_info().amx else "avx512_bf16+bf16"
     return CPU_PROFILES.get(cpu_class, CPU_PROFILES["other"])
 
 

@@ -23,11 +23,15 @@ device class               storage                               compute   measu
                                                                            2.0x slower). AMD EPYC with avx512_bf16,
                                                                            2 threads (2026-12-03): UNet batch 12 bf16
                                                                            47.0 s vs fp32 70.3 s (0.67x; conv 0.43x,
-                                                                           Linear 0.34x). The hosts disagree, so a
-                                                                           0.3 s op probe decides per machine; Era3D
-                                                                           micro pipeline bf16 compute 36.4 dB vs
-                                                                           fp32 (bound 35). LGM keeps float32 (bf16
-                                                                           quality not shown: 38.3 dB renders)
+                                                                           Linear 0.34x). Intel Xeon with AMX-bf16,
+                                                                           2 threads (2026-12-03): 13.6 s vs 48.9 s
+                                                                           (0.28x; conv 0.20x, Linear 0.05x). The
+                                                                           hosts disagree, so a 0.3 s op probe
+                                                                           decides per machine; Era3D micro pipeline
+                                                                           bf16 compute 36.3 dB vs fp32 (bound 35).
+                                                                           LGM keeps float32 (bf16 quality not
+                                                                           shown: 34-38 dB renders with random
+                                                                           weights; AMX: 2.8 s vs 6.6 s fp32)
 ``cpu-avx512``,            as ``cpu-avx2``                       float32   not measured; same rule (no native bf16)
 ``cpu-other``
 ``cuda``                   float16                               float16   upstream LGM and Era3D were released and run
@@ -92,11 +96,13 @@ _HALF = (torch.float16, torch.bfloat16)
 @dataclass(frozen=True)
 class CpuInfo:
     """``isa``: ``"avx512"`` | ``"avx2"`` | ``"other"`` (PyTorch's CPU dispatch level); ``bf16`` / ``fp16``: native
-    bf16 / fp16 matrix instructions (avx512_bf16 or AMX-bf16 / avx512_fp16 or AMX-fp16)."""
+    bf16 / fp16 matrix instructions (avx512_bf16 or AMX-bf16 / avx512_fp16 or AMX-fp16); ``amx``: AMX-bf16 tiles
+    (oneDNN's fastest bf16 path; only the time estimate tells it apart, the precision rule goes by the op probe)."""
 
     isa: str
     bf16: bool = False
     fp16: bool = False
+    amx: bool = False
 
     @property
     def cpu_class(self) -> str:
@@ -128,10 +134,13 @@ def probe_cpu() -> CpuInfo:
     flags = _cpuinfo_flags()
     bf16 = bool({"avx512_bf16", "amx_bf16"} & flags)
     fp16 = bool({"avx512_fp16", "amx_fp16"} & flags)
+    amx = "amx_bf16" in flags
     if not flags:  # no /proc/cpuinfo: PyTorch's own (private) cpuinfo queries
         bf16 = bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
         fp16 = bool(getattr(torch.cpu, "_is_amx_fp16_supported", lambda: False)())
-    return CpuInfo(isa, bf16, fp16)
+        amx = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+        bf16 = bf16 or amx
+    return CpuInfo(isa, bf16, fp16, amx)
 
 
 @functools.lru_cache(maxsize=1)

@@ -26,7 +26,7 @@ atexit.register(shutil.rmtree, os.environ["MVBOOST_CACHE_DIR"], True)
 
 @pytest.fixture
 def force_cpu_class(monkeypatch):
-    """``force_cpu_class("avx2" | "avx512" | "avx512_bf16" | "other", bf16_fast=False)``: make
+    """``force_cpu_class("avx2" | "avx512" | "avx512_bf16" | "other", bf16_fast=False, amx=False)``: make
     :mod:`mvboost_core.precision` (and so every CPU-capability decision: auto dtypes, NNPACK convolutions) see that
     CPU class for this test; ``bf16_fast`` is the answer of its bf16-vs-fp32 op probe (only an avx512_bf16 class can
     say True: the two avx512_bf16 hosts measured disagree). The kernels that then run are real; on a host of another
@@ -34,9 +34,9 @@ def force_cpu_class(monkeypatch):
     without native instructions)."""
     from mvboost_core import precision
 
-    def force(cls: str, bf16_fast: bool = False):
+    def force(cls: str, bf16_fast: bool = False, amx: bool = False):
         isa = {"avx512_bf16": "avx512", "avx512": "avx512", "avx2": "avx2", "other": "other"}[cls]
-        info = precision.CpuInfo(isa, bf16=cls == "avx512_bf16")
+        info = precision.CpuInfo(isa, bf16=cls == "avx512_bf16", amx=amx and cls == "avx512_bf16")
         monkeypatch.setattr(precision, "cpu_info", lambda: info)
         fast = bool(bf16_fast) and info.bf16
         monkeypatch.setattr(precision, "bf16_compute_faster", lambda: fast)

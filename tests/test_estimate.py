@@ -49,12 +49,18 @@ def test_scaling_laws():
     y = _est(cpu_class="avx512_bf16+bf16")
     assert y.stages["era3d"] < x.stages["era3d"] and y.stages["lgm"] == x.stages["lgm"]
     assert y.stages["pose"] < x.stages["pose"]  # measured on that host (22 s vs 47 s on the AVX2 one)
+    # AMX tiles: measured end to end (~24 min), every Era3D stage and LGM cheaper than on the avx512_bf16 profiles
+    z = _est(cpu_class="amx_bf16+bf16")
+    assert z.stages["era3d"] < y.stages["era3d"] / 3 and z.stages["lgm"] < y.stages["lgm"]
+    assert 15 * 60 < z.total < 40 * 60
 
 
 @pytest.mark.parametrize("fast", [False, True])
 def test_profile_follows_the_auto_precision_of_this_machine(force_cpu_class, fast):
     force_cpu_class("avx512_bf16", bf16_fast=fast)
     assert E.host_profile("cpu").name == ("avx512_bf16+bf16" if fast else "avx512_bf16")
+    force_cpu_class("avx512_bf16", bf16_fast=fast, amx=True)
+    assert E.host_profile("cpu").name == ("amx_bf16+bf16" if fast else "avx512_bf16")
     force_cpu_class("avx2", bf16_fast=fast)
     assert E.host_profile("cpu").name == "avx2"
 

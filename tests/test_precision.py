@@ -24,7 +24,19 @@ def test_probe_matches_pytorch_dispatch():
     cap = torch.backends.cpu.get_cpu_capability()
     assert info.isa == {"AVX512": "avx512", "AVX2": "avx2"}.get(cap, "other")
     if info.isa != "avx512":
-        assert not info.bf16 and not info.fp16
+        assert not info.bf16 and not info.fp16 and not info.amx
+
+
+def test_probe_reads_the_native_half_flags(monkeypatch):
+    """avx512_bf16 or AMX-bf16 -> bf16; AMX-bf16 also -> amx (which picks the AMX time profile); none on AVX2."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")  # the flags are read on AVX-512
+    for flags, want in [({"avx512f"}, (False, False, False)), ({"avx512_bf16"}, (True, False, False)),
+                        ({"amx_bf16", "amx_tile"}, (True, False, True)),
+                        ({"avx512_bf16", "avx512_fp16", "amx_bf16"}, (True, True, True))]:
+        monkeypatch.setattr(precision, "_cpuinfo_flags", lambda f=flags: set(f))
+        info = precision.probe_cpu()
+        assert (info.bf16, info.fp16, info.amx) == want, flags
+        assert info.cpu_class == ("avx512_bf16" if want[0] else "avx512")
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 dispatch levels")
