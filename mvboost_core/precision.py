@@ -35,9 +35,11 @@ device class               storage                               compute   measu
 ``cpu-avx512``,            as ``cpu-avx2``                       float32   not measured; same rule (no native bf16)
 ``cpu-other``
 ``cuda``                   float16                               float16   upstream LGM and Era3D were released and run
-                                                                           in fp16 on CUDA (Era3D: attention upcast to
-                                                                           fp32, VAE fp32 when its config says
-                                                                           force_upcast); not run here (no GPU):
+                                                                           in fp16 on CUDA (Era3D: attention scores
+                                                                           and softmax in fp32 inside the fused
+                                                                           kernel, as xformers; VAE fp32 when its
+                                                                           config says force_upcast); not run here
+                                                                           (no GPU):
                                                                            ``benchmarks/gpu_check.py`` checks it
 ``mps``                    float16                               float16   not measured (no Apple machine); as CUDA
 =========================  ====================================  ========  =============================================
